@@ -1,0 +1,72 @@
+"""Console output shared by the commands: rich progress, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True, highlight=False)
+
+
+def error_line(message: str) -> None:
+    """Print ``error: message`` as a single line on stderr."""
+    first = " ".join(str(message).split())  # never more than one line
+    console.print(f"[bold red]error:[/] {first}", soft_wrap=True)
+
+
+def run_cli(app: typer.Typer) -> int:
+    """Run the Typer app; map bad input to exit code 2 and Ctrl-C to 130, without tracebacks."""
+    from pipelines.errors import InputError
+
+    try:
+        app(standalone_mode=False)
+    except InputError as e:
+        error_line(str(e))
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        error_line("interrupted; no partial output was kept")
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    except Exception as e:  # click usage errors and friends
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show(file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+@contextmanager
+def progress(description: str, total: int | None):
+    """A rich progress bar on stderr; yields ``advance(n=1)``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    cols = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*cols, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def resolve_device(name: str | None) -> str:
+    """Device string from ``--device`` (auto -> cuda when available, else cpu)."""
+    from pipelines.device import resolve_device as _resolve
+
+    return _resolve(name)
