@@ -184,13 +184,41 @@ def matrix_to_quat(r: torch.Tensor) -> torch.Tensor:
     cands = torch.stack(
         [
             torch.stack([1 + tr, r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]),
-            torch.stack([r[2, 1] - r[1, 2], 1 + r[0, 0] - r[1, 1] - r[2, 2], r[0, 1] + r[1, 0], r[0, 2] + r[2, 0]]),
-            torch.stack([r[0, 2] - r[2, 0], r[0, 1] + r[1, 0], 1 - r[0, 0] + r[1, 1] - r[2, 2], r[1, 2] + r[2, 1]]),
-            torch.stack([r[1, 0] - r[0, 1], r[0, 2] + r[2, 0], r[1, 2] + r[2, 1], 1 - r[0, 0] - r[1, 1] + r[2, 2]]),
+            torch.stack(
+                [
+                    r[2, 1] - r[1, 2],
+                    1 + r[0, 0] - r[1, 1] - r[2, 2],
+                    r[0, 1] + r[1, 0],
+                    r[0, 2] + r[2, 0],
+                ]
+            ),
+            torch.stack(
+                [
+                    r[0, 2] - r[2, 0],
+                    r[0, 1] + r[1, 0],
+                    1 - r[0, 0] + r[1, 1] - r[2, 2],
+                    r[1, 2] + r[2, 1],
+                ]
+            ),
+            torch.stack(
+                [
+                    r[1, 0] - r[0, 1],
+                    r[0, 2] + r[2, 0],
+                    r[1, 2] + r[2, 1],
+                    1 - r[0, 0] - r[1, 1] + r[2, 2],
+                ]
+            ),
         ]
     )
     # Pick the numerically best-conditioned candidate (largest diagonal term).
-    diag = torch.stack([1 + tr, 1 + r[0, 0] - r[1, 1] - r[2, 2], 1 - r[0, 0] + r[1, 1] - r[2, 2], 1 - r[0, 0] - r[1, 1] + r[2, 2]])
+    diag = torch.stack(
+        [
+            1 + tr,
+            1 + r[0, 0] - r[1, 1] - r[2, 2],
+            1 - r[0, 0] + r[1, 1] - r[2, 2],
+            1 - r[0, 0] - r[1, 1] + r[2, 2],
+        ]
+    )
     q = cands[int(torch.argmax(diag))]
     q = q / q.norm()
     if q[0] < 0:
@@ -209,7 +237,9 @@ def rotate_sh(sh_rest: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
     deg = int(round((sh_rest.shape[1] + 1) ** 0.5)) - 1
     gen = torch.Generator().manual_seed(0)
-    dirs = torch.nn.functional.normalize(torch.randn(128, 3, generator=gen, dtype=torch.float64), dim=-1)
+    dirs = torch.nn.functional.normalize(
+        torch.randn(128, 3, generator=gen, dtype=torch.float64), dim=-1
+    )
     r = r.double().cpu()
     # colour in the new frame: c'(d) = c(R^T d); with row vectors R^T d == d @ R.
     b_new = eval_sh_basis(deg, dirs)[:, 1:]

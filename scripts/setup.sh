@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Create .venv in the repository root and install geolrm into it (idempotent).
+#   scripts/setup.sh          runtime + test tools
+# On a machine without a CUDA GPU the CPU build of torch is installed first, so pip never
+# pulls the multi-GB CUDA wheels; with a GPU, the normal torch wheel plus gsplat.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), "geolrm needs Python 3.10+"'
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip -q)
+
+if nvidia-smi -L >/dev/null 2>&1; then
+  gpu=1
+else
+  gpu=0
+fi
+
+if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
+  if [ "$gpu" = 1 ]; then
+    "${PIP[@]}" install torch
+  else
+    # A local CPU wheel when pip knows one (find-links), else PyTorch's CPU index.
+    "${PIP[@]}" install --no-index torch==2.13.0 2>/dev/null ||
+      "${PIP[@]}" install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+
+extras="test"
+[ "$gpu" = 1 ] && extras="test,cuda"
+"${PIP[@]}" install -e ".[${extras}]"
+echo "geolrm is installed in .venv (torch: $(.venv/bin/python -c 'import torch; print(torch.__version__)'))" >&2
