@@ -48,14 +48,3 @@ def matrix_from_text(text: str) -> torch.Tensor:
         raise ValueError(f"expected 16 numbers, got {len(vals)}")
     return torch.tensor(vals, dtype=torch.float64).reshape(4, 4)
 
-
-def invert_similarity(m: torch.Tensor) -> torch.Tensor:
-    """Inverse of a similarity ``[4, 4]`` ``x -> s R x + t`` computed in float64."""
-    m = m.double()
-    sr, t = m[:3, :3], m[:3, 3]
-    s2 = (sr[:, 0] ** 2).sum()
-    inv_sr = sr.T / s2
-    out = torch.eye(4, dtype=torch.float64)
-    out[:3, :3] = inv_sr
-    out[:3, 3] = -inv_sr @ t
-    return out

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.cameras import invert_similarity
 from pipelines.errors import InputError
 from pipelines.io_utils import atomic_path
 from pipelines.splats.frames import (
-    invert_similarity,
     matrix_from_text,
     matrix_to_text,
     world_to_file,
