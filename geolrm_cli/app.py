@@ -12,6 +12,7 @@ import sys
 import typer
 
 from geolrm_cli.commands import render as _render
+from geolrm_cli.commands import weights as _weights
 
 app = typer.Typer(
     name="geolrm",
@@ -28,7 +29,25 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-app.command("render", help=_render.__doc__, no_args_is_help=True)(_render.render)
+app.command("render", no_args_is_help=True)(_render.render)
+app.add_typer(_weights.app, name="weights", help=_weights.__doc__)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"geolrm {version('geolrm')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Turn one photo, or a set of posed photos, into a 3D asset with GeoLRM."""
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ def run_cli(app: typer.Typer) -> int:
     from pipelines.errors import InputError
 
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns typer.Exit codes in this mode
     except InputError as e:
         error_line(str(e))
         return 2
@@ -38,7 +38,7 @@ def run_cli(app: typer.Typer) -> int:
             e.show(file=sys.stderr)
             return 2
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 @contextmanager
