@@ -702,7 +702,8 @@ def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
     Args:
         path: the JSON file, or a folder holding ``transforms.json``.
         require_images: every frame must name an existing image. With ``False`` a file of
-            cameras only is accepted (``image_paths`` is ``None`` unless all images exist).
+            cameras only is accepted: ``image_paths`` then holds the paths the frames name
+            (which may not exist), or ``None`` when some frame names no file.
 
     Raises:
         InputError: one line naming the file, the problem and the fix.
@@ -748,7 +749,9 @@ def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
         img = None
         if isinstance(fp, str) and fp:
             img = _resolve_image(base, fp)
-            if img is None and require_images:
+            if img is None and not require_images:
+                img = Path(fp) if Path(fp).is_absolute() else base / fp  # named, not present
+            elif img is None:
                 raise _err(
                     path,
                     f"frame {i} image {fp!r} not found (looked in {base})",
@@ -758,7 +761,7 @@ def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
             raise _err(path, f"frame {i} has no file_path", "add the image path for every frame")
         images.append(img)
     first_size = None
-    if images[0] is not None:
+    if images[0] is not None and images[0].is_file():
         first_size = _image_size(path, images[0])
     intr = [_intrinsics(path, i, meta, f, first_size) for i, f in enumerate(frames)]
     sizes = {(w, h) for *_, w, h in intr}

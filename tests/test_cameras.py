@@ -38,7 +38,7 @@ from pipelines.cameras import (
 )
 from pipelines.errors import InputError
 
-SPOT = Path(__file__).parent / "fixtures" / "spot"
+SPOT = Path(__file__).parents[1] / "examples" / "spot"
 EYE4 = torch.eye(4, dtype=torch.float64)
 
 
@@ -499,10 +499,20 @@ def test_instant_ngp_style(tmp_path: Path) -> None:
 
 
 def test_cameras_only_file(tmp_path: Path) -> None:
-    cams = load_transforms(SPOT / "transforms_test.json", require_images=False)
-    assert len(cams) == 12 and cams.image_paths is None
+    import shutil
+
+    shutil.copy(SPOT / "transforms_test.json", tmp_path / "cams.json")  # without its images
+    cams = load_transforms(tmp_path / "cams.json", require_images=False)
+    assert len(cams) == 12 and cams.image_paths[3] == tmp_path / "test" / "003.png"
     with pytest.raises(InputError, match="image"):
-        load_transforms(SPOT / "transforms_test.json")
+        load_transforms(tmp_path / "cams.json")
+    with pytest.raises(InputError, match="003.png|000.png"):
+        load_views(cams)
+    meta = json.loads((tmp_path / "cams.json").read_text())
+    del meta["frames"][0]["file_path"]
+    (tmp_path / "cams.json").write_text(json.dumps(meta))
+    cams = load_transforms(tmp_path / "cams.json", require_images=False)
+    assert cams.image_paths is None
     with pytest.raises(InputError, match="no image files"):
         load_views(cams)
 
