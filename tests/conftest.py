@@ -5,3 +5,33 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run the real ``geolrm`` entry point in-process: ``code, out, err = cli("render", ...)``."""
+    from geolrm_cli.app import app
+    from geolrm_cli.console import run_cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["geolrm", *map(str, args)])
+        capsys.readouterr()
+        code = run_cli(app)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    """Exactly one non-empty stderr line, starting ``error:``, containing every fragment."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
