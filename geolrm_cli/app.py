@@ -11,6 +11,8 @@ import sys
 
 import typer
 
+from geolrm_cli.commands import mesh as _mesh
+from geolrm_cli.commands import recon as _recon
 from geolrm_cli.commands import render as _render
 from geolrm_cli.commands import weights as _weights
 
@@ -29,7 +31,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+app.command("recon", no_args_is_help=True)(_recon.recon)
 app.command("render", no_args_is_help=True)(_render.render)
+app.command("mesh", no_args_is_help=True)(_mesh.mesh)
 app.add_typer(_weights.app, name="weights", help=_weights.__doc__)
 
 
