@@ -11,16 +11,11 @@ Examples:
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
 
-
-class Up(str, Enum):
-    minus_y = "-y"
-    y = "y"
-    z = "z"
+from geolrm_cli.options import ASSUME_UP, DEVICE, Up
 
 
 def mesh(
@@ -62,13 +57,8 @@ def mesh(
         max=4096,
         help="Render size in pixels for fusion (default: 1.5 x --resolution, 128-1024).",
     ),
-    up: Up = typer.Option(
-        Up.minus_y,
-        "--up",
-        help="Up axis of PLY files whose header does not record it (3DGS habit: -y). "
-        "geolrm's own files record their frame.",
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    up: Up = ASSUME_UP,
+    device: str = DEVICE,
 ) -> None:
     """Turn Gaussians into a coloured triangle mesh: render depth + colour from many views,
     fuse them into a TSDF, extract the surface (marching cubes), keep the main parts,

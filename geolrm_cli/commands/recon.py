@@ -20,6 +20,8 @@ from pathlib import Path
 
 import typer
 
+from geolrm_cli.options import DEVICE
+
 
 class Precision(str, Enum):
     fp32 = "fp32"
@@ -123,7 +125,7 @@ def recon(
     rig_elevation: float = typer.Option(
         10.0, "--rig-elevation", help="Elevation in degrees of the sv3d rig's views."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    device: str = DEVICE,
     precision: Precision = typer.Option(
         Precision.fp32, "--precision", help="fp32, or bf16/fp16 autocast (CUDA only)."
     ),

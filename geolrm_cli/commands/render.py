@@ -16,17 +16,13 @@ from pathlib import Path
 
 import typer
 
+from geolrm_cli.options import ASSUME_UP, DEVICE, Up
+
 
 class Background(str, Enum):
     white = "white"
     black = "black"
     transparent = "transparent"
-
-
-class Up(str, Enum):
-    minus_y = "-y"
-    y = "y"
-    z = "z"
 
 
 def render(
@@ -67,13 +63,8 @@ def render(
     background: Background = typer.Option(
         Background.white, "--background", help="Background colour."
     ),
-    up: Up = typer.Option(
-        Up.minus_y,
-        "--up",
-        help="Up axis of PLY files whose header does not record it (3DGS habit: -y). "
-        "geolrm's own files record their frame.",
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    up: Up = ASSUME_UP,
+    device: str = DEVICE,
 ) -> None:
     """Render a Gaussian .ply (or .splat): turntable video, PNG frames, depth/alpha, or given cameras.
 
