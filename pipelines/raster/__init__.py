@@ -10,10 +10,12 @@ expected depth for C cameras. Backends:
 * ``"auto"`` -- ``"gsplat"`` for CUDA tensors (falling back to ``"reference"`` with a warning if
   gsplat is not installed), ``"cpu"`` otherwise.
 
-All backends are differentiable w.r.t. every Gaussian attribute and share the conventions:
-OpenGL camera-to-world poses, pixel intrinsics with pixel centres at ``(i + 0.5, j + 0.5)``,
-EWA projection with a 0.3 px^2 dilation, the 3DGS compositing rules, and depth = expected
-camera z (``sum w_i z_i / alpha``, 0 where ``alpha < 1e-6``).
+All backends are differentiable w.r.t. every Gaussian attribute (and the background) and share
+the conventions: OpenGL camera-to-world poses, pixel intrinsics with pixel centres at
+``(i + 0.5, j + 0.5)``, EWA projection with a 0.3 px^2 dilation, the 3DGS compositing rules
+(alpha = min(0.99, o exp(-sigma)), skip alpha < 1/255, stop before T < 1e-4; gsplat clamps at
+0.999), and depth = expected camera z (``sum w_i z_i / alpha``, 0 where ``alpha < 1e-6``).
+Gradients w.r.t. the cameras (``c2w``, ``K``) flow through the "reference" backend only.
 """
 
 from __future__ import annotations

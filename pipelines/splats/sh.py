@@ -81,4 +81,4 @@ def view_dependent_rgb(
     degree = int(round((sh_rest.shape[1] + 1) ** 0.5)) - 1
     dirs = torch.nn.functional.normalize(means - cam_pos, dim=-1)
     basis = eval_sh_basis(degree, dirs)[..., 1:]  # [N, K-1]
-    return (colors + (basis[..., None] * sh_rest).sum(-2)).clamp_min(0.0)
+    return (colors + torch.einsum("nk,nkc->nc", basis, sh_rest)).clamp_min(0.0)
