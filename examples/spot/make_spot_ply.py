@@ -41,15 +41,22 @@ def main() -> None:
     images, cams = load_views(cams, size=args.size, background=(1.0, 1.0, 1.0))  # [V,3,S,S]
     from PIL import Image
 
-    alphas = torch.stack(
-        [
-            torch.from_numpy(np.asarray(Image.open(p).resize((args.size, args.size), Image.BILINEAR)))[..., 3]
-            for p in rgba_cams.image_paths
-        ]
-    ).float() / 255.0
+    alphas = (
+        torch.stack(
+            [
+                torch.from_numpy(
+                    np.array(Image.open(p).resize((args.size, args.size), Image.BILINEAR))
+                )[..., 3]
+                for p in rgba_cams.image_paths
+            ]
+        ).float()
+        / 255.0
+    )
 
     pts = torch.from_numpy(np.load(HERE / "points.npy")).float()
-    pick = torch.randperm(len(pts), generator=torch.Generator().manual_seed(args.seed))[: args.gaussians]
+    pick = torch.randperm(len(pts), generator=torch.Generator().manual_seed(args.seed))[
+        : args.gaussians
+    ]
     means = pts[pick]
     # initial colour: mean over views where the point projects inside the image
     uv, _ = project_points(cams, means)  # [V,N,2]
@@ -99,7 +106,11 @@ def main() -> None:
                               "seconds": round(time.time() - t0, 1)}))  # fmt: skip
     g = gaussians().detach()
     g = g[g.opacities > 0.02]
-    save_ply(args.output, g, comments=["Spot (Keenan Crane, public domain), fitted by examples/spot/make_spot_ply.py"])
+    save_ply(
+        args.output,
+        g,
+        comments=["Spot (Keenan Crane, public domain), fitted by examples/spot/make_spot_ply.py"],
+    )
     print(json.dumps({"written": str(args.output), "gaussians": len(g)}))
 
 
