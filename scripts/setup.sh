@@ -23,9 +23,13 @@ if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
   if [ "$gpu" = 1 ]; then
     "${PIP[@]}" install torch
   else
-    # A local CPU wheel when pip knows one (find-links), else PyTorch's CPU index.
-    "${PIP[@]}" install --no-index torch==2.13.0 2>/dev/null ||
+    # A local CPU wheel when pip knows one (find-links; its dependencies then come from the
+    # usual index), else PyTorch's CPU index.
+    if "${PIP[@]}" install --no-index --no-deps torch==2.13.0 2>/dev/null; then
+      "${PIP[@]}" install torch==2.13.0
+    else
       "${PIP[@]}" install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+    fi
   fi
 fi
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -23,8 +22,14 @@ def blob_object(n: int = 400, seed: int = 0) -> Gaussians:
     gen = torch.Generator().manual_seed(seed)
     d = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=-1)
     bottom = torch.arange(n) < n // 2
-    means = torch.where(bottom[:, None], d * 0.25 + torch.tensor([0, 0, -0.15]), d * 0.15 + torch.tensor([0, 0, 0.25]))
-    colors = torch.where(bottom[:, None], torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.1, 0.9]))
+    means = torch.where(
+        bottom[:, None],
+        d * 0.25 + torch.tensor([0, 0, -0.15]),
+        d * 0.15 + torch.tensor([0, 0, 0.25]),
+    )
+    colors = torch.where(
+        bottom[:, None], torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.1, 0.9])
+    )
     return Gaussians(
         means=means,
         scales=torch.full((n, 3), 0.04),
@@ -43,7 +48,9 @@ def test_turntable_video(cli, model_ply, tmp_path):
     from pipelines.export.media import read_video
 
     out = tmp_path / "turn.mp4"
-    code, _, err = cli("render", model_ply, "--video", "-o", out, "--frames", "6", "--resolution", "64")
+    code, _, err = cli(
+        "render", model_ply, "--video", "-o", out, "--frames", "6", "--resolution", "64"
+    )
     assert code == 0, err
     frames = read_video(out)
     assert frames.shape == (6, 64, 64, 3)
@@ -84,7 +91,9 @@ def test_render_given_cameras_matches_direct_rasterisation(cli, model_ply, tmp_p
     meta = {"fl_x": float(cams.K[0, 0, 0]), "fl_y": float(cams.K[0, 1, 1]), "cx": 20.0, "cy": 20.0}
     (tmp_path / "cams.json").write_text(json.dumps({**meta, "w": 40, "h": 40, "frames": frames}))
     out = tmp_path / "r"
-    code, _, err = cli("render", model_ply, "--cameras", tmp_path / "cams.json", "-o", out, "--background", "black")
+    code, _, err = cli(
+        "render", model_ply, "--cameras", tmp_path / "cams.json", "-o", out, "--background", "black"
+    )
     assert code == 0, err
     names = sorted(p.name for p in (out / "images").iterdir())
     assert names == ["cam_0.png", "cam_1.png", "cam_2.png"]
@@ -164,6 +173,8 @@ def test_interrupted_render_leaves_no_file(cli, model_ply, tmp_path, monkeypatch
         raise KeyboardInterrupt
 
     monkeypatch.setattr(render_mod, "render_frames", interrupted)
-    code, _, err = cli("render", model_ply, "-o", tmp_path / "t.mp4", "--frames", "5", "--resolution", "32")
+    code, _, err = cli(
+        "render", model_ply, "-o", tmp_path / "t.mp4", "--frames", "5", "--resolution", "32"
+    )
     assert code == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ply"]

@@ -47,4 +47,3 @@ def matrix_from_text(text: str) -> torch.Tensor:
     if len(vals) != 16:
         raise ValueError(f"expected 16 numbers, got {len(vals)}")
     return torch.tensor(vals, dtype=torch.float64).reshape(4, 4)
-
