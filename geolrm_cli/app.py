@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from geolrm_cli.commands import eval as _eval
 from geolrm_cli.commands import mesh as _mesh
 from geolrm_cli.commands import recon as _recon
 from geolrm_cli.commands import render as _render
@@ -34,6 +35,7 @@ app = typer.Typer(
 app.command("recon", no_args_is_help=True)(_recon.recon)
 app.command("render", no_args_is_help=True)(_render.render)
 app.command("mesh", no_args_is_help=True)(_mesh.mesh)
+app.command("eval", no_args_is_help=True)(_eval.eval_cmd)
 app.add_typer(_weights.app, name="weights", help=_weights.__doc__)
 
 
