@@ -529,7 +529,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., D] -> [..., D]."""
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        h = F.silu(self.w1(x))
+        return self.w2(h.mul_(self.w3(x)) if not h.requires_grad else h * self.w3(x))
 
 
 def rope3d(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
@@ -842,7 +843,8 @@ class CrossViewAttention(nn.Module):
                 continue
             new_max = torch.maximum(run_max, logit)
             c_old, c_new = torch.exp(run_max - new_max), torch.exp(logit - new_max)
-            acc = acc * c_old + o * c_new
+            acc = acc * c_old if v == 1 else acc.mul_(c_old)  # (view 0's o is not ours to edit)
+            acc.addcmul_(o, c_new)
             denom = denom * c_old + c_new
             run_max = new_max
         return self.output_proj(acc / denom) + query
