@@ -12,6 +12,7 @@ import sys
 import typer
 
 from geolrm_cli.commands import eval as _eval
+from geolrm_cli.commands import gen as _gen
 from geolrm_cli.commands import mesh as _mesh
 from geolrm_cli.commands import recon as _recon
 from geolrm_cli.commands import render as _render
@@ -32,6 +33,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+app.command("gen", no_args_is_help=True)(_gen.gen)
 app.command("recon", no_args_is_help=True)(_recon.recon)
 app.command("render", no_args_is_help=True)(_render.render)
 app.command("mesh", no_args_is_help=True)(_mesh.mesh)

@@ -1,0 +1,694 @@
+"""One photo -> 3D asset: background removal, multi-view diffusion, GeoLRM, outputs.
+
+::
+
+    from pipelines.generate import GenOptions, Generator
+
+    gen = Generator(GenOptions(mv="zero123pp", seed=42))   # checks every weight file first
+    result = gen.run("photo.png", "out/")                  # models load on the first run
+    result.files, result.stages                            # written paths, time / memory
+
+Stages (each timed, with its peak memory): background removal and framing
+(:mod:`pipelines.preprocess`), loading and running the multi-view model
+(:mod:`pipelines.multiview.zero123pp` or :mod:`pipelines.multiview.sv3d`), loading GeoLRM and
+reconstructing (:mod:`pipelines.reconstruct`, on the views written to ``views/`` with the
+rig's cameras in ``views/transforms.json``), optional refinement (``--refine N``), the outputs
+(``model.ply``, ``turntable.mp4``) and, with ``mesh``, ``mesh.glb``.
+
+Output folder::
+
+    input.png          the framed photo (RGBA, the multi-view model's input size)
+    views.png          every generated view (Zero123++: its 3x2 grid; SV3D: 7x3 frames)
+    views/NN.png       the views GeoLRM used (NN = index in the model's output order)
+    views/transforms.json   their cameras (so `geolrm recon out/views` reruns the last stage)
+    model.ply          the Gaussians (z-up model frame: the rig's cameras are in it)
+    cameras.json, model_frame.json   as written by `geolrm recon`
+    turntable.mp4      unless video=False
+    mesh.glb           with mesh=True
+
+Everything is written into a hidden staging folder inside the output folder and moved into
+place at the end, so a failed run leaves the previous outputs (or nothing) behind.
+
+One seed drives every stage: the multi-view sampler's generator, GeoLRM's anchor subset and
+the refinement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pipelines.errors import InputError
+
+__all__ = [
+    "DEFAULTS",
+    "GenOptions",
+    "GenResult",
+    "Generator",
+    "StageStat",
+    "finished",
+    "list_photos",
+    "output_folders",
+]
+
+PathLike = str | os.PathLike
+
+#: Per-model defaults: views, steps, guidance, view tile size, GeoLRM input size.
+DEFAULTS = {
+    "zero123pp": {"views": 6, "steps": 75, "guidance": 4.0, "tile": 320, "size": 448},
+    "sv3d": {"views": 21, "steps": 50, "guidance": 2.5, "tile": 576, "size": 560},
+}
+UNET_CHOICES = ("instantmesh", "original")
+
+OnStage = Callable[[str, int | None], None]
+"""``on_stage(description, total_steps_or_None)`` when a stage starts."""
+
+
+# --------------------------------------------------------------------------------------------
+# options and results
+
+
+@dataclass
+class GenOptions:
+    """Everything ``geolrm gen`` can set (None = the model's default, see :data:`DEFAULTS`).
+
+    Attributes:
+        mv: ``zero123pp`` or ``sv3d``.
+        views: views fed to GeoLRM (Zero123++: 6 or 4; SV3D: 1-21, official subsets).
+        steps: denoising steps.
+        guidance: classifier-free guidance (SV3D: the peak of the triangle schedule).
+        seed: one seed for every stage.
+        device: ``cpu``, ``cuda``, ``cuda:N`` (already resolved).
+        precision: ``auto`` (fp16 diffusion on CUDA, fp32 elsewhere; GeoLRM fp32), ``fp32``,
+            ``fp16``, ``bf16`` (CUDA only; the diffusion weights and GeoLRM's autocast).
+        low_vram: fp16 weights and model CPU offload (CUDA).
+        remove_bg / rembg_model / foreground_ratio: background removal and framing.
+        unet: Zero123++ UNet: ``instantmesh`` (white background, default), ``original``
+            (grey background) or a path to a UNet state dict (white background).
+        mv_weights: a local multi-view model (Zero123++: diffusers folder; SV3D: the
+            ``sv3d_p.safetensors`` file or a folder holding it) instead of the registry's.
+        tile: view size of the multi-view model (320 / 576; smaller only for tiny test models).
+        elevation: SV3D camera elevation in degrees.
+        checkpoint / config / size / max_seq_len: GeoLRM (as ``geolrm recon``).
+        refine: refinement steps after GeoLRM (0 = none).
+        video / video_frames / video_resolution / fps: the turntable.
+        mesh / mesh_resolution / mesh_faces: ``mesh.glb``.
+    """
+
+    mv: str = "zero123pp"
+    views: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 42
+    device: str = "cpu"
+    precision: str = "auto"
+    low_vram: bool = False
+    remove_bg: bool = True
+    rembg_model: str = "u2net"
+    foreground_ratio: float = 0.85
+    unet: str = "instantmesh"
+    mv_weights: Path | None = None
+    tile: int | None = None
+    elevation: float = 10.0
+    checkpoint: Path | None = None
+    config: Path | dict | None = None
+    size: int | None = None
+    max_seq_len: int | None = None
+    refine: int = 0
+    video: bool = True
+    video_frames: int = 120
+    video_resolution: int = 512
+    fps: int = 30
+    mesh: bool = False
+    mesh_resolution: int = 256
+    mesh_faces: int = 100_000
+
+    def get(self, key: str):
+        value = getattr(self, key)
+        return DEFAULTS[self.mv][key] if value is None else value
+
+
+@dataclass
+class StageStat:
+    """One stage: name, wall time, peak memory (``gpu``: CUDA allocated; ``rss``: process
+    resident memory) in bytes (None when unknown)."""
+
+    name: str
+    seconds: float
+    peak_bytes: int | None
+    memory: str
+
+
+@dataclass
+class GenResult:
+    """What :meth:`Generator.run` returns."""
+
+    photo: Path
+    out_dir: Path
+    files: list[Path]
+    gaussians: int
+    stages: list[StageStat] = field(default_factory=list)
+    alpha_source: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+
+# --------------------------------------------------------------------------------------------
+# memory / timing
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _PeakRSS:
+    """Samples the process's resident memory every ``interval`` s in a thread."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            v = _rss_bytes()
+            if v is not None and (self.peak is None or v > self.peak):
+                self.peak = v
+
+    def __enter__(self) -> _PeakRSS:
+        if self.peak is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        v = _rss_bytes()
+        if v is not None and (self.peak is None or v > self.peak):
+            self.peak = v
+
+
+@contextmanager
+def _measure(stats: list[StageStat], name: str, device: str) -> Iterator[None]:
+    cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    t0 = time.perf_counter()
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            yield
+        finally:
+            torch.cuda.synchronize(device)
+            peak = int(torch.cuda.max_memory_allocated(device))
+            stats.append(StageStat(name, time.perf_counter() - t0, peak, "gpu"))
+        return
+    with _PeakRSS() as mon:
+        try:
+            yield
+        finally:
+            pass
+    stats.append(StageStat(name, time.perf_counter() - t0, mon.peak, "rss"))
+
+
+# --------------------------------------------------------------------------------------------
+# inputs / outputs
+
+
+def list_photos(folder: PathLike) -> list[Path]:
+    """The photos directly in ``folder`` (PNG/JPEG/WebP, natural order)."""
+    from pipelines.reconstruct import list_images
+
+    return list_images(folder)
+
+
+def finished(out_dir: PathLike, mesh: bool = False, video: bool = True) -> bool:
+    """True when ``out_dir`` holds a complete ``gen`` output."""
+    out_dir = Path(out_dir)
+    need = ["model.ply", "input.png", "views.png", "views/transforms.json"]
+    need += ["turntable.mp4"] if video else []
+    need += ["mesh.glb"] if mesh else []
+    return all((out_dir / n).exists() for n in need)
+
+
+def _save_png(path: Path, image) -> None:
+    from pipelines.io_utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def _sheet(images: list, columns: int):
+    """Views tiled without gaps (Zero123++'s own grid layout when columns = 2)."""
+    from PIL import Image
+
+    w, h = images[0].size
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * w, rows * h), (255, 255, 255))
+    for k, im in enumerate(images):
+        sheet.paste(im, ((k % columns) * w, (k // columns) * h))
+    return sheet
+
+
+#: Everything ``gen`` may write into an output folder.
+OUTPUT_NAMES = (
+    "input.png",
+    "views.png",
+    "views",
+    "model.ply",
+    "cameras.json",
+    "model_frame.json",
+    "turntable.mp4",
+    "mesh.glb",
+)
+
+
+def _move_into(stage: Path, out_dir: Path) -> list[Path]:
+    """Move everything in ``stage`` into ``out_dir`` (replacing), drop outputs of an earlier
+    run that this one did not write (a stale mesh.glb, ...), then remove ``stage``."""
+    moved = []
+    for item in sorted(stage.iterdir()):
+        if item.name.startswith("."):
+            continue
+        target = out_dir / item.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(item, target)
+        moved.append(target)
+    shutil.rmtree(stage, ignore_errors=True)
+    names = {p.name for p in moved}
+    for name in OUTPUT_NAMES:
+        stale = out_dir / name
+        if name not in names and stale.is_file():
+            stale.unlink()
+    return moved
+
+
+def output_folders(photos: list[Path], base: Path) -> list[Path]:
+    """One output folder per photo: ``base / stem`` (``stem_ext`` when two photos share a
+    stem)."""
+    stems = [p.stem for p in photos]
+    return [
+        base / (p.stem if stems.count(p.stem) == 1 else f"{p.stem}_{p.suffix.lstrip('.')}")
+        for p in photos
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# multi-view back ends
+
+
+@dataclass
+class _Views:
+    """Output of a multi-view back end."""
+
+    sheet: object  # PIL image written as views.png
+    images: list  # PIL images, every view in the model's output order
+    cameras: object  # Cameras of every view (model frame, at the tile size)
+    used: tuple[int, ...]  # indices fed to GeoLRM
+
+
+class _Zero123pp:
+    name = "zero123pp"
+
+    def __init__(self, opts: GenOptions, device: str, dtype: torch.dtype, offload: bool):
+        from pipelines.multiview.zero123pp import view_indices
+
+        self.opts = opts
+        self.device, self.dtype, self.offload = device, dtype, offload
+        self.used = view_indices(opts.get("views"))
+        unet = opts.unet
+        self.unet_file: Path | None = None
+        if opts.mv_weights is not None:
+            self.folder = Path(opts.mv_weights)
+            if not (self.folder / "model_index.json").is_file():
+                raise InputError(
+                    f"--mv-weights {self.folder}: not a Zero123++ model folder (no "
+                    "model_index.json); pass the sudo-ai/zero123plus-v1.2 snapshot folder"
+                )
+        else:
+            from pipelines.weights import ensure
+
+            self.folder = ensure("zero123pp")
+        if unet == "instantmesh":
+            from pipelines.weights import ensure
+
+            self.unet_file = ensure("instantmesh-unet")
+        elif unet != "original":
+            self.unet_file = Path(unet)
+            if not self.unet_file.is_file():
+                raise InputError(
+                    f"--unet {unet}: no such file; use instantmesh, original or a UNet "
+                    "state-dict file (.bin / .safetensors)"
+                )
+        self.background = (127, 127, 127) if unet == "original" else (255, 255, 255)
+        self.pipe = None
+
+    @property
+    def licences(self) -> list[str]:
+        return ["zero123pp"] + (["instantmesh-unet"] if self.opts.unet == "instantmesh" else [])
+
+    def load(self) -> None:
+        from pipelines.multiview.zero123pp import Zero123PlusPipeline
+
+        self.pipe = Zero123PlusPipeline.from_pretrained(
+            self.folder, self.unet_file, self.device, self.dtype, self.offload
+        )
+
+    @property
+    def input_size(self) -> int:
+        return self.pipe.input_size
+
+    def generate(self, image, seed: int, on_step) -> _Views:
+        from pipelines.cameras import zero123pp_cameras
+
+        tile = self.opts.get("tile")
+        out = self.pipe(
+            image,
+            num_inference_steps=self.opts.get("steps"),
+            guidance_scale=self.opts.get("guidance"),
+            seed=seed,
+            tile_size=tile,
+            on_step=on_step,
+        )
+        return _Views(out.grid_image(), out.view_images(), zero123pp_cameras(6, tile), self.used)
+
+
+class _SV3D:
+    name = "sv3d"
+
+    def __init__(self, opts: GenOptions, device: str, dtype: torch.dtype, offload: bool):
+        from pipelines.cameras import sv3d_view_indices
+
+        self.opts = opts
+        self.device, self.dtype, self.offload = device, dtype, offload
+        self.used = tuple(sv3d_view_indices(opts.get("views")))
+        if opts.unet != "instantmesh":
+            raise InputError("--unet is a Zero123++ option; leave it out with --mv sv3d")
+        if opts.mv_weights is not None:
+            self.path = Path(opts.mv_weights)
+            if not self.path.exists():
+                raise InputError(f"--mv-weights {self.path}: no such file or folder")
+        else:
+            from pipelines.weights import ensure
+
+            self.path = ensure("sv3d-p")
+        self.background = (255, 255, 255)
+        self.pipe = None
+
+    @property
+    def licences(self) -> list[str]:
+        return ["sv3d-p"]
+
+    def load(self) -> None:
+        from pipelines.multiview.sv3d import SV3DPipeline
+
+        self.pipe = SV3DPipeline.from_pretrained(self.path, self.device, self.dtype, self.offload)
+
+    @property
+    def input_size(self) -> int:
+        return self.opts.get("tile")
+
+    def generate(self, image, seed: int, on_step) -> _Views:
+        from pipelines.cameras import sv3d_cameras
+
+        size = self.opts.get("tile")
+        out = self.pipe(
+            image,
+            num_inference_steps=self.opts.get("steps"),
+            max_guidance_scale=self.opts.get("guidance"),
+            elevation_deg=self.opts.elevation,
+            seed=seed,
+            size=size,
+            on_step=on_step,
+        )
+        images = out.frame_images()
+        return _Views(_sheet(images, 7), images, sv3d_cameras(self.opts.elevation, size), self.used)
+
+
+# --------------------------------------------------------------------------------------------
+# the chain
+
+
+class Generator:
+    """The whole chain; weights are checked when it is built, models load on the first run
+    and stay loaded for the next photos."""
+
+    def __init__(self, opts: GenOptions) -> None:
+        from pipelines import reconstruct as rc
+
+        if opts.mv not in DEFAULTS:
+            raise InputError(f"unknown --mv {opts.mv!r}; use {' or '.join(DEFAULTS)}")
+        self.opts = opts
+        self.device = opts.device
+        cuda = str(self.device).startswith("cuda")
+        if opts.precision == "auto":
+            mv_dtype = torch.float16 if cuda else torch.float32
+            self.recon_precision = "fp32"
+        else:
+            rc.resolve_precision(opts.precision, self.device)
+            mv_dtype = rc.PRECISIONS[opts.precision]
+            self.recon_precision = opts.precision
+        if opts.low_vram and cuda:
+            mv_dtype = torch.float16 if mv_dtype == torch.float32 else mv_dtype
+        self.mv_dtype = mv_dtype
+        for key, lo in (("steps", 1), ("tile", 8), ("size", 14)):
+            if opts.get(key) < lo:
+                raise InputError(f"--{key} must be at least {lo}, got {opts.get(key)}")
+        if opts.refine < 0:
+            raise InputError(f"--refine must be >= 0, got {opts.refine}")
+        rc.check_size(opts.get("size"))
+        if not 0.0 < opts.foreground_ratio <= 1.0:
+            raise InputError(f"--foreground-ratio must be in (0, 1], got {opts.foreground_ratio}")
+        backend = _Zero123pp if opts.mv == "zero123pp" else _SV3D
+        # every weight file is resolved now: a missing one fails before any work is done
+        self.mv = backend(opts, self.device, mv_dtype, opts.low_vram and cuda)
+        self.config = (
+            opts.config
+            if opts.config is None or isinstance(opts.config, dict)
+            else rc.load_config(opts.config)
+        )
+        self.checkpoint = rc.resolve_checkpoint(opts.checkpoint)
+        if opts.refine:
+            try:
+                from pipelines.optimize import refine_result  # noqa: F401
+            except ImportError as e:  # pragma: no cover - the module ships with geolrm
+                raise InputError(f"--refine needs pipelines.optimize ({e})") from None
+        self.model = None
+        # numba's OpenMP layer (GeoLRM's CPU kernels, the rasterizer) resets torch's intra-op
+        # thread count; each run starts from the count seen here so that every photo of a
+        # folder gets the same numerics as a single run
+        self.threads = torch.get_num_threads()
+        try:  # start numba's OpenMP pool now (its first parallel launch resets the count)
+            import numba
+
+            numba.get_num_threads()
+        except Exception:  # pragma: no cover - numba is a dependency; never fatal
+            pass
+        torch.set_num_threads(self.threads)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def licence_notes(self) -> list[str]:
+        """One line per non-commercial licence of the weights in use (registry weights)."""
+        from pipelines.weights import artifact, licence_notice
+
+        if self.opts.mv_weights is not None and self.opts.mv == "sv3d":
+            return [licence_notice(artifact("sv3d-p"))]
+        notes = []
+        for name in self.mv.licences:
+            a = artifact(name)
+            if a.needs_acceptance:
+                notes.append(licence_notice(a))
+        return notes
+
+    def _load(self, stats: list[StageStat], on_stage: OnStage, on_note) -> None:
+        from pipelines import reconstruct as rc
+
+        if self.mv.pipe is None:
+            for note in self.licence_notes():
+                on_note(note)
+            on_stage(f"Loading {self.mv.name}", None)
+            with _measure(stats, f"load {self.mv.name}", self.device):
+                self.mv.load()
+        if self.model is None:
+            on_stage("Loading GeoLRM", None)
+            with _measure(stats, "load GeoLRM", self.device):
+                self.model = rc.load_model(
+                    self.checkpoint,
+                    self.config,
+                    max_seq_len=self.opts.max_seq_len,
+                    seed=self.opts.seed,
+                )
+
+    # -- run ----------------------------------------------------------------------------------
+
+    def run(
+        self,
+        photo: PathLike,
+        out_dir: PathLike,
+        on_stage: OnStage | None = None,
+        advance: Callable[[int], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
+    ) -> GenResult:
+        """Generate the asset for one photo into ``out_dir`` (see the module docstring).
+
+        Args:
+            on_stage: ``on_stage(description, total)`` as each stage starts.
+            advance: ``advance(n)`` as a stage with a total makes progress.
+            on_note: called with the licence notices of the weights when they load.
+        """
+        from pipelines import preprocess as pp
+        from pipelines import reconstruct as rc
+
+        opts = self.opts
+        on_stage = on_stage or (lambda _d, _t: None)
+        step = advance or (lambda _n=1: None)
+        photo, out_dir = Path(photo), Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError(f"-o {out_dir} is a file; pass a folder for the outputs")
+        stats: list[StageStat] = []
+        seed = int(opts.seed)
+        torch.set_num_threads(self.threads)
+        dev = self.device
+
+        # read the photo before loading anything (a bad image fails fast)
+        image = pp.load_photo(photo)
+        if opts.remove_bg and not pp.has_alpha(image):
+            pp.check_rembg(opts.rembg_model)  # a missing rembg model fails fast too
+        self._load(stats, on_stage, on_note or (lambda _n: None))
+
+        on_stage("Background removal and framing", None)
+        with _measure(stats, "preprocess", dev):
+            prep = pp.preprocess(
+                image,
+                size=self.mv.input_size,
+                remove_bg=opts.remove_bg,
+                rembg_model=opts.rembg_model,
+                foreground_ratio=opts.foreground_ratio,
+                background=self.mv.background,
+            )
+
+        created = not out_dir.exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stage_dir = Path(tempfile.mkdtemp(prefix=".geolrm-gen-", dir=out_dir))
+        try:
+            _save_png(stage_dir / "input.png", prep.rgba)
+            steps = opts.get("steps")
+            on_stage(f"Multi-view diffusion ({self.mv.name}, {steps} steps)", steps)
+            with _measure(stats, f"multi-view ({self.mv.name})", dev):
+                views = self.mv.generate(prep.image, seed, lambda i, n: step(1))
+            _save_png(stage_dir / "views.png", views.sheet)
+            views_dir = stage_dir / "views"
+            views_dir.mkdir()
+            width = len(str(len(views.images) - 1))
+            names = [f"{k:0{max(2, width)}d}.png" for k in views.used]
+            for k, name in zip(views.used, names, strict=True):
+                _save_png(views_dir / name, views.images[k])
+            cams = views.cameras.subset(list(views.used))
+            tj = cams.to_transforms_json(file_paths=names)
+            tj["geolrm"] = {
+                "generator": self.mv.name,
+                "note": "model-frame cameras of the generated views (z-up, radius 1.5)",
+                "views": list(views.used),
+                "seed": seed,
+            }
+            (views_dir / "transforms.json").write_text(json.dumps(tj, indent=1) + "\n")
+
+            on_stage("GeoLRM reconstruction", None)
+            with _measure(stats, "GeoLRM", dev):
+                cams_in = rc.resolve_inputs(views_dir)
+                prepared = rc.prepare_views(cams_in, opts.get("size"))
+                result = rc.reconstruct(
+                    prepared,
+                    self.model,
+                    device=dev,
+                    precision=self.recon_precision,
+                    seed=seed,
+                    on_stage=lambda name: on_stage(f"GeoLRM: {name}", None),
+                )
+            if opts.refine:
+                from pipelines.optimize import refine_result
+
+                on_stage(f"Refining ({opts.refine} steps)", opts.refine)
+                with _measure(stats, f"refine ({opts.refine})", dev):
+                    result = refine_result(
+                        result,
+                        cams_in,
+                        opts.refine,
+                        seed=seed,
+                        device=dev,
+                        on_step=lambda _info: step(1),
+                    )
+
+            video_started = False
+
+            def on_frame() -> None:
+                nonlocal video_started
+                if not video_started:
+                    on_stage(f"Turntable ({opts.video_resolution} px)", opts.video_frames)
+                    video_started = True
+                step(1)
+
+            on_stage("Writing model.ply", None)
+            with _measure(stats, "outputs" + (" + turntable" if opts.video else ""), dev):
+                rc.write_outputs(
+                    result,
+                    stage_dir,
+                    video=opts.video,
+                    video_frames=opts.video_frames,
+                    video_resolution=opts.video_resolution,
+                    fps=opts.fps,
+                    device=dev,
+                    on_video_frame=on_frame if opts.video else None,
+                )
+            if opts.mesh:
+                from pipelines.mesh import gaussians_to_mesh
+                from pipelines.mesh.export import export_mesh
+
+                views_n = 60
+                on_stage(f"Mesh ({opts.mesh_resolution} voxels)", views_n)
+                with _measure(stats, "mesh", dev):
+                    mesh = gaussians_to_mesh(
+                        result.gaussians_model,
+                        views=views_n,
+                        resolution=opts.mesh_resolution,
+                        faces=opts.mesh_faces,
+                        device=dev,
+                        on_view=lambda *_a: step(1),
+                    )
+                    export_mesh(mesh, stage_dir / "mesh.glb")
+            files = _move_into(stage_dir, out_dir)
+        except BaseException:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+            if created:
+                try:
+                    out_dir.rmdir()
+                except OSError:
+                    pass
+            raise
+        return GenResult(
+            photo=photo,
+            out_dir=out_dir,
+            files=files,
+            gaussians=len(result.gaussians),
+            stages=stats,
+            alpha_source=prep.alpha_source,
+        )
