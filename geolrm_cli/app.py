@@ -24,7 +24,9 @@ app = typer.Typer(
         "Turn one photo, or a set of posed photos, into a 3D asset (3D Gaussians, meshes, videos) "
         "with GeoLRM.\n\n"
         "Examples:\n\n"
-        "  geolrm render examples/spot_gaussians.ply --video -o turntable.mp4\n\n"
+        "  geolrm gen photo.png -o out/\n\n"
+        "  geolrm recon views/ --cameras transforms.json -o out/\n\n"
+        "  geolrm render examples/spot/spot.ply --video -o turntable.mp4\n\n"
         "Run `geolrm COMMAND --help` for the options of each command."
     ),
     no_args_is_help=True,

@@ -60,9 +60,10 @@ def mesh(
     up: Up = ASSUME_UP,
     device: str = DEVICE,
 ) -> None:
-    """Turn Gaussians into a coloured triangle mesh: render depth + colour from many views,
-    fuse them into a TSDF, extract the surface (marching cubes), keep the main parts,
-    decimate to --faces and colour the vertices.
+    """Turn Gaussians into a coloured triangle mesh (.glb, .obj + .mtl, or .ply).
+
+    Renders depth and colour from many views, fuses them into a TSDF, extracts the surface
+    (marching cubes), keeps the main parts, decimates to --faces and colours the vertices.
 
     Examples:
 

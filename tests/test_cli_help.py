@@ -1,0 +1,30 @@
+"""Every command's help answers with examples, without importing heavy libraries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ["gen", "recon", "render", "mesh", "eval", "weights", "weights download"]
+
+
+def test_cli_import_is_light():
+    """`geolrm --help` stays fast because the CLI imports no torch/transformers/rembg."""
+    code = (
+        "import sys, geolrm_cli.app\n"
+        "heavy = [m for m in ('torch', 'numba', 'transformers', 'diffusers', 'rembg', 'trimesh')"
+        " if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_shows_examples(cli, command):
+    code, out, err = cli(*command.split(), "--help")
+    assert code == 0, err
+    assert "Examples" in out
+    assert "geolrm " in out.split("Examples", 1)[1]
