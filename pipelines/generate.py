@@ -103,6 +103,7 @@ class GenOptions:
         refine: refinement steps after GeoLRM (0 = none).
         video / video_frames / video_resolution / fps: the turntable.
         mesh / mesh_resolution / mesh_faces: ``mesh.glb``.
+        up: up axis of ``model.ply`` for viewers (``-y``: the 3DGS / SuperSplat habit).
     """
 
     mv: str = "zero123pp"
@@ -132,6 +133,7 @@ class GenOptions:
     mesh: bool = False
     mesh_resolution: int = 256
     mesh_faces: int = 100_000
+    up: str = "-y"
 
     def get(self, key: str):
         value = getattr(self, key)
@@ -658,6 +660,7 @@ class Generator:
                     fps=opts.fps,
                     device=dev,
                     on_video_frame=on_frame if opts.video else None,
+                    up=opts.up,
                 )
             if opts.mesh:
                 from pipelines.mesh import gaussians_to_mesh

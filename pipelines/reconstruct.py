@@ -612,11 +612,13 @@ def write_outputs(
     device: str = "cpu",
     protect: Sequence[PathLike] = (),
     on_video_frame: Callable[[], None] | None = None,
+    up: str | None = None,
 ) -> list[Path]:
     """Write the outputs; all or nothing.
 
     Files (see :data:`OUTPUT_NAMES`): ``model.ply`` (standard 3DGS layout, user frame, header
-    frame = identity), ``cameras.json`` (nerfstudio transforms of the cameras used, user
+    frame = identity; with ``up`` the user frame is taken as z-up and the file is written for
+    viewers with that up axis, e.g. ``"-y"`` for views from a generator rig), ``cameras.json`` (nerfstudio transforms of the cameras used, user
     frame), ``model_frame.json`` (the similarity ``M``), with ``save_raw`` ``raw.safetensors``
     (anchors, occupancy logits, raw Gaussians, model frame), with ``video`` ``turntable.mp4``
     (model frame, z-up, elevation 20 deg).
@@ -648,9 +650,10 @@ def write_outputs(
         save_ply(
             stage / OUTPUT_NAMES["ply"],
             result.gaussians,
-            up=None,
+            up=up,
             comments=[
-                "geolrm recon: Gaussians in the input cameras' world frame",
+                "geolrm recon: Gaussians in the input cameras' world frame"
+                + ("" if up is None else f" (z-up), written with up axis {up}"),
                 f"geolrm model_from_user {m_text}",
             ],
         )

@@ -119,7 +119,10 @@ def test_outputs(full_run: Path) -> None:
         "05.png",
         "transforms.json",
     ]
-    assert len(load_ply(full_run / "model.ply").gaussians) > 0
+    loaded = load_ply(full_run / "model.ply")
+    assert len(loaded.gaussians) > 0
+    # written for viewers in the 3DGS y-down habit (world +z becomes file -y)
+    assert loaded.world_to_file[:3, 2].tolist() == [0.0, -1.0, 0.0]
     assert read_video(full_run / "turntable.mp4").shape[:3] == (3, 32, 32)
     assert (full_run / "mesh.glb").stat().st_size > 0
     assert not [p for p in full_run.iterdir() if p.name.startswith(".")]  # staging removed

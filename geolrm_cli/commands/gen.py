@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from geolrm_cli.options import DEVICE
+from geolrm_cli.options import DEVICE, Up
 
 
 class MultiView(str, Enum):
@@ -205,6 +205,11 @@ def gen(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Folder input: redo photos whose outputs already exist."
     ),
+    up: Up = typer.Option(
+        Up.minus_y,
+        "--up",
+        help="Up axis of model.ply (-y: 3DGS/SuperSplat habit; z: GeoLRM's world).",
+    ),
 ) -> None:
     """Turn one photo into a 3D asset: background removal, multi-view diffusion, GeoLRM.
 
@@ -263,6 +268,7 @@ def gen(
         fps=fps,
         mesh=mesh,
         mesh_resolution=mesh_resolution,
+        up=up.value,
     )
     generator = Generator(opts)  # checks options and weights before any work
 
