@@ -70,3 +70,49 @@ def resolve_device(name: str | None) -> str:
     from pipelines.device import resolve_device as _resolve
 
     return _resolve(name)
+
+
+@contextmanager
+def stages():
+    """Rich progress with one line per stage; yields ``start(name, total=None)`` and
+    ``advance()``; each new stage completes the previous one."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    bar = Progress(
+        SpinnerColumn(finished_text="[green]✓[/]"),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    state: dict = {"task": None}
+
+    def finish() -> None:
+        task = state["task"]
+        if task is not None:
+            t = bar.tasks[task]
+            bar.update(task, completed=t.total)
+            bar.stop_task(task)
+        state["task"] = None
+
+    def start(name: str, total: int | None = None) -> None:
+        finish()
+        state["task"] = bar.add_task(name, total=total or 1)
+
+    def advance(n: int = 1) -> None:
+        if state["task"] is not None:
+            bar.advance(state["task"], n)
+
+    with bar:
+        try:
+            yield start, advance
+        finally:
+            finish()

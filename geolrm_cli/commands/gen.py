@@ -11,12 +11,12 @@ Examples:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
 import typer
 
+from geolrm_cli.console import stages
 from geolrm_cli.options import DEVICE, Up
 
 
@@ -30,54 +30,6 @@ class GenPrecision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
     bf16 = "bf16"
-
-
-@contextmanager
-def _stages():
-    """Rich progress, one line per stage (spinner, bar when the stage has a total, time);
-    yields ``(start(name, total), advance(n))``; each new stage completes the previous one."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    from geolrm_cli.console import console
-
-    bar = Progress(
-        SpinnerColumn(finished_text="[green]✓[/]"),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-    state: dict = {"task": None}
-
-    def finish() -> None:
-        task = state["task"]
-        if task is not None:
-            t = bar.tasks[task]
-            bar.update(task, completed=t.total)
-            bar.stop_task(task)
-        state["task"] = None
-
-    def start(name: str, total: int | None = None) -> None:
-        finish()
-        state["task"] = bar.add_task(name, total=total or 1)
-
-    def advance(n: int = 1) -> None:
-        if state["task"] is not None:
-            bar.advance(state["task"], n)
-
-    with bar:
-        try:
-            yield start, advance
-        finally:
-            finish()
 
 
 def _bytes(n: int | None) -> str:
@@ -282,7 +234,7 @@ def gen(
             skipped.append((src, out))
             continue
         try:
-            with _stages() as (start, advance):
+            with stages() as (start, advance):
                 result = generator.run(src, out, on_stage=start, advance=advance, on_note=note)
         except InputError as e:
             if not folder:

@@ -14,12 +14,12 @@ Examples:
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 
 import typer
 
+from geolrm_cli.console import stages
 from geolrm_cli.options import DEVICE
 
 
@@ -27,54 +27,6 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
-
-
-@contextmanager
-def _stages():
-    """Rich progress with one line per stage; yields ``start(name, total=None)`` and
-    ``advance()``; each new stage completes the previous one."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    from geolrm_cli.console import console
-
-    bar = Progress(
-        SpinnerColumn(finished_text="[green]✓[/]"),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-    state: dict = {"task": None}
-
-    def finish() -> None:
-        task = state["task"]
-        if task is not None:
-            t = bar.tasks[task]
-            bar.update(task, completed=t.total)
-            bar.stop_task(task)
-        state["task"] = None
-
-    def start(name: str, total: int | None = None) -> None:
-        finish()
-        state["task"] = bar.add_task(name, total=total or 1)
-
-    def advance(n: int = 1) -> None:
-        if state["task"] is not None:
-            bar.advance(state["task"], n)
-
-    with bar:
-        try:
-            yield start, advance
-        finally:
-            finish()
 
 
 def recon(
@@ -169,7 +121,7 @@ def recon(
     weights = rc.resolve_checkpoint(checkpoint)
 
     t0 = time.perf_counter()
-    with _stages() as (start, advance):
+    with stages() as (start, advance):
         start(f"Loading {len(cams)} views at {size} px")
         prep = rc.prepare_views(cams, size)
         start("Loading GeoLRM")
