@@ -75,7 +75,8 @@ def resolve_device(name: str | None) -> str:
 @contextmanager
 def stages():
     """Rich progress with one line per stage; yields ``start(name, total=None)`` and
-    ``advance()``; each new stage completes the previous one."""
+    ``advance(n=1, status=None)`` (status: text shown after the bar, e.g. loss and PSNR);
+    each new stage completes the previous one."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -83,6 +84,7 @@ def stages():
         SpinnerColumn,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
     )
 
     bar = Progress(
@@ -91,6 +93,8 @@ def stages():
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
         console=console,
     )
     state: dict = {"task": None}
@@ -105,11 +109,14 @@ def stages():
 
     def start(name: str, total: int | None = None) -> None:
         finish()
-        state["task"] = bar.add_task(name, total=total or 1)
+        state["task"] = bar.add_task(name, total=total or 1, status="")
 
-    def advance(n: int = 1) -> None:
+    def advance(n: int = 1, status: str | None = None) -> None:
         if state["task"] is not None:
-            bar.advance(state["task"], n)
+            if status is None:
+                bar.advance(state["task"], n)
+            else:
+                bar.update(state["task"], advance=n, status=status)
 
     with bar:
         try:

@@ -4,6 +4,8 @@ Examples:
 
   geolrm recon views/ --cameras cams.json -o out/
 
+  geolrm recon examples/spot/transforms_train.json --method optimize -o out/
+
   geolrm recon data/transforms.json -o out/ --no-video
 
   geolrm recon zero123pp_views/ --cameras zero123pp -o out/
@@ -21,12 +23,32 @@ import typer
 
 from geolrm_cli.console import stages
 from geolrm_cli.options import DEVICE
+from pipelines.errors import InputError
+
+
+class Method(str, Enum):
+    geolrm = "geolrm"
+    optimize = "optimize"
 
 
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+def _step_reporter(advance):
+    """A per-step callback of the optimiser that shows loss, PSNR and the Gaussian count."""
+    state: dict = {"psnr": None}
+
+    def on_step(info) -> None:
+        # the PSNR of the one training view rendered per step is noisy: show a running mean
+        p = state["psnr"]
+        state["psnr"] = info.psnr if p is None else 0.9 * p + 0.1 * info.psnr
+        status = f"loss {info.loss:.4f}  PSNR {state['psnr']:.2f} dB  {info.gaussians:,} Gaussians"
+        advance(1, status=status)
+
+    return on_step
 
 
 def recon(
@@ -81,11 +103,40 @@ def recon(
     precision: Precision = typer.Option(
         Precision.fp32, "--precision", help="fp32, or bf16/fp16 autocast (CUDA only)."
     ),
-    seed: int = typer.Option(42, "--seed", help="Seed (anchor subset when above max_seq_len)."),
+    seed: int = typer.Option(
+        42, "--seed", help="Seed (anchor subset when above max_seq_len; optimisation samples)."
+    ),
+    method: Method = typer.Option(
+        Method.geolrm,
+        "--method",
+        help="geolrm: the feed-forward network (needs its weights). optimize: no network, fit "
+        "Gaussians to the views from their visual hull (RGBA views with transparent background).",
+    ),
+    refine: int = typer.Option(
+        0,
+        "--refine",
+        min=0,
+        help="With --method geolrm: then optimise the Gaussians against the views for N steps.",
+    ),
+    iterations: int | None = typer.Option(
+        None,
+        "--iterations",
+        min=1,
+        help="With --method optimize: optimisation steps (default 1500).",
+    ),
+    resolution: int = typer.Option(
+        256,
+        "--resolution",
+        min=16,
+        max=4096,
+        help="Size in pixels the views are fitted at (--method optimize, --refine).",
+    ),
 ) -> None:
     """Reconstruct 3D Gaussians from posed views with GeoLRM.
 
     Images (PNG/JPEG/WebP, RGBA composited on white, 1 to 32 views) with cameras in a nerfstudio / NeRF transforms.json, in any world frame, or from a named rig (zero123pp, sv3d).
+
+    With --method optimize no network is used: the object is carved from the views' alpha masks (visual hull), Gaussians are sampled on it and fitted to the views (L1 + D-SSIM + mask loss, densification and pruning) for --iterations steps at --resolution pixels. --refine N does the same fit starting from GeoLRM's Gaussians.
 
     Writes into the output folder: model.ply (standard 3DGS layout, in the input cameras' frame, so `geolrm render out/model.ply --cameras cams.json` lines up with the photos), turntable.mp4 (unless --no-video), cameras.json (the cameras used), model_frame.json (the similarity to the model's frame) and, with --save-raw, raw.safetensors. Nothing is written when something fails.
 
@@ -94,6 +145,10 @@ def recon(
       geolrm recon views/ --cameras cams.json -o out/
 
       geolrm recon data/transforms.json -o out/ --no-video
+
+      geolrm recon examples/spot/transforms_train.json --method optimize -o out/
+
+      geolrm recon views/ --cameras cams.json --refine 300 -o out/
 
       geolrm recon zero123pp_views/ --cameras zero123pp -o out/
 
@@ -104,7 +159,16 @@ def recon(
 
     dev = resolve_device(device)
     rc.resolve_precision(precision.value, dev)
-    rc.check_size(size)
+    optimize = method == Method.optimize
+    if optimize:
+        _check_optimize_options(checkpoint, config, refine, precision, max_seq_len)
+    elif iterations is not None:
+        raise InputError(
+            "--iterations applies to --method optimize; with GeoLRM use --refine N to "
+            "optimise its Gaussians for N steps"
+        )
+    else:
+        rc.check_size(size)
     cams = rc.resolve_inputs(views, cameras, rig_elevation_deg=rig_elevation)
     if output is None:
         base = views if views.is_dir() else views.parent
@@ -117,19 +181,60 @@ def recon(
     elif cameras is None:
         protect.append(views / "transforms.json")
     rc.check_output_dir(output, protect, save_raw, video)
-    config_dict = rc.load_config(config) if config is not None else None
-    weights = rc.resolve_checkpoint(checkpoint)
+    if optimize:
+        from pipelines.optimize import check_masks
+
+        check_masks(cams)
+    else:
+        config_dict = rc.load_config(config) if config is not None else None
+        weights = rc.resolve_checkpoint(checkpoint)
 
     t0 = time.perf_counter()
     with stages() as (start, advance):
-        start(f"Loading {len(cams)} views at {size} px")
-        prep = rc.prepare_views(cams, size)
-        start("Loading GeoLRM")
-        model = rc.load_model(weights, config_dict, max_seq_len=max_seq_len, seed=seed)
-        result = rc.reconstruct(
-            prep, model, device=dev, precision=precision.value, seed=seed, on_stage=start
-        )
-        del model
+        if optimize:
+            from pipelines.optimize import DEFAULT_ITERATIONS, optimize_views, to_recon_result
+
+            steps = iterations or DEFAULT_ITERATIONS
+            fitted = optimize_views(
+                cams,
+                resolution=resolution,
+                iterations=steps,
+                seed=seed,
+                device=dev,
+                on_step=_step_reporter(advance),
+                on_stage=start,
+            )
+            result = to_recon_result(fitted)
+            history = fitted.history
+        else:
+            start(f"Loading {len(cams)} views at {size} px")
+            prep = rc.prepare_views(cams, size)
+            start("Loading GeoLRM")
+            model = rc.load_model(weights, config_dict, max_seq_len=max_seq_len, seed=seed)
+            result = rc.reconstruct(
+                prep, model, device=dev, precision=precision.value, seed=seed, on_stage=start
+            )
+            del model
+            history = []
+            if refine:
+                from pipelines.optimize import refine_result
+
+                report = _step_reporter(advance)
+
+                def on_refine_step(info) -> None:
+                    history.append(info)
+                    report(info)
+
+                result = refine_result(
+                    result,
+                    cams,
+                    refine,
+                    resolution=resolution,
+                    seed=seed,
+                    device=dev,
+                    on_step=on_refine_step,
+                    on_stage=start,
+                )
         start("Writing outputs")
         video_started = False
 
@@ -154,11 +259,40 @@ def recon(
         )
     m = result.model_from_user
     frame = "model frame" if bool((m == _eye()).all()) else "input frame, mapped back"
+    if optimize:
+        how = f"optimised {len(history)} steps"
+    else:
+        how = f"{int(result.anchors.shape[0]):,} anchors"
+        if history:
+            how += f", refined {len(history)} steps"
+    tail = history[-20:]
+    fit = f", training PSNR {sum(h.psnr for h in tail) / len(tail):.2f} dB" if tail else ""
     console.print(
         f"[green]done:[/] {len(result.gaussians):,} Gaussians from {len(cams)} views "
-        f"({int(result.anchors.shape[0]):,} anchors, {frame}) in "
+        f"({how}, {frame}{fit}) in "
         f"{time.perf_counter() - t0:.1f} s -> {output}/ ({', '.join(p.name for p in written)})"
     )
+
+
+def _check_optimize_options(checkpoint, config, refine, precision, max_seq_len) -> None:
+    """--method optimize uses no network: refuse the options that only GeoLRM reads."""
+    given = [
+        name
+        for name, used in (
+            ("--checkpoint", checkpoint is not None),
+            ("--config", config is not None),
+            ("--refine", bool(refine)),
+            ("--precision", precision != Precision.fp32),
+            ("--max-seq-len", max_seq_len is not None),
+        )
+        if used
+    ]
+    if given:
+        hint = "; use --iterations for the number of steps" if "--refine" in given else ""
+        raise InputError(
+            f"{', '.join(given)} only apply to --method geolrm (--method optimize uses no "
+            f"network){hint}"
+        )
 
 
 def _eye():

@@ -1,0 +1,336 @@
+"""Per-scene Gaussian optimisation: fit Gaussians to posed views, with or without GeoLRM.
+
+Two entry points, both working in GeoLRM's normalised model frame (cameras at radius 1.5
+around the origin, so one set of learning rates and thresholds fits every capture) and
+returning the Gaussians in the user's frame too:
+
+* :func:`optimize_views` -- no network: the visual hull of the views' alpha masks
+  (:mod:`~pipelines.optimize.visual_hull`) seeds Gaussians on its surface, then
+  :func:`~pipelines.optimize.trainer.optimize_gaussians` fits them (``geolrm recon
+  --method optimize``).
+* :func:`refine_result` -- start from GeoLRM's feed-forward Gaussians and fit them to the
+  same views (``geolrm recon --refine N``).
+
+::
+
+    from pipelines.optimize import optimize_views
+    from pipelines.reconstruct import resolve_inputs
+
+    cams = resolve_inputs("examples/spot/transforms_train.json")
+    result = optimize_views(cams, resolution=256, iterations=1500, seed=0)
+    result.gaussians  # user frame
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.cameras import Cameras, load_views
+from pipelines.errors import InputError
+from pipelines.optimize.trainer import StepInfo, TrainConfig, optimize_gaussians
+from pipelines.optimize.visual_hull import VisualHull, carve_visual_hull, hull_gaussians
+from pipelines.splats.gaussians import Gaussians
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DEFAULT_INIT_GAUSSIANS",
+    "DEFAULT_ITERATIONS",
+    "DEFAULT_RESOLUTION",
+    "OptimizeResult",
+    "StepInfo",
+    "TrainConfig",
+    "VisualHull",
+    "carve_visual_hull",
+    "check_masks",
+    "hull_gaussians",
+    "load_masks",
+    "optimize_gaussians",
+    "optimize_views",
+    "refine_result",
+    "to_recon_result",
+]
+
+DEFAULT_ITERATIONS = 1500
+DEFAULT_RESOLUTION = 256
+DEFAULT_INIT_GAUSSIANS = 30_000
+"""Gaussians sampled on the visual hull at 256 px (scaled with the pixel count elsewhere)."""
+#: Settings tuned on the four bench objects (bench/optimize.py) at 256 px on 2 CPU cores.
+DEFAULT_CONFIG = TrainConfig(iterations=DEFAULT_ITERATIONS)
+
+
+@dataclass
+class OptimizeResult:
+    """What :func:`optimize_views` returns.
+
+    Attributes:
+        gaussians: the fitted Gaussians in the user's (cameras') frame.
+        gaussians_model: the same in the model frame.
+        model_from_user: ``[4, 4]`` float64 similarity, ``x_model = M x_user``.
+        cameras: the cameras used (user frame, intrinsics at the optimisation resolution).
+        cameras_model: the same in the model frame.
+        hull: the visual hull (model frame), or None when starting from given Gaussians.
+        history: one :class:`StepInfo` per step.
+        timings: seconds per stage.
+    """
+
+    gaussians: Gaussians
+    gaussians_model: Gaussians
+    model_from_user: torch.Tensor
+    cameras: Cameras
+    cameras_model: Cameras
+    hull: VisualHull | None = None
+    history: list[StepInfo] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _has_alpha(im) -> bool:
+    return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+
+
+def _no_alpha(path: Path) -> InputError:
+    return InputError(
+        f"{path}: the image has no alpha channel; --method optimize carves the object from the "
+        "views' masks, give RGBA images with a transparent background"
+    )
+
+
+def check_masks(cams: Cameras) -> None:
+    """Raise :class:`InputError` unless every view has an alpha channel (reads headers only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if cams.image_paths is None:
+        raise InputError("these cameras have no image files; give a transforms.json with images")
+    for p in cams.image_paths:
+        try:
+            with Image.open(p) as im:
+                ok = _has_alpha(im)
+        except FileNotFoundError:
+            raise InputError(f"{p}: image not found; check the image path") from None
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            raise InputError(f"{p}: cannot read image ({e}); replace it with a valid PNG") from None
+        if not ok:
+            raise _no_alpha(Path(p))
+
+
+def _read_alpha(path: Path) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            has_alpha = _has_alpha(im)
+            arr = np.asarray(im.convert("RGBA"))[..., 3] if has_alpha else None
+    except FileNotFoundError:
+        raise InputError(f"{path}: image not found; check the image path") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise InputError(f"{path}: cannot read image ({e}); replace it with a valid PNG") from None
+    if arr is None:
+        raise _no_alpha(path)
+    return torch.from_numpy(arr.copy()).float() / 255.0
+
+
+def load_masks(cams: Cameras, size: int | None) -> torch.Tensor:
+    """The views' alpha channels ``[V, S, S]`` in [0, 1], padded square (with 0) and resized
+    exactly as :func:`pipelines.cameras.load_views` treats the colours (bicubic, antialiased).
+
+    Raises:
+        InputError: an image without alpha, unreadable, or of another size than the first.
+    """
+    if cams.image_paths is None:
+        raise InputError("these cameras have no image files; give a transforms.json with images")
+    out = []
+    for p in cams.image_paths:
+        a = _read_alpha(Path(p))
+        h, w = a.shape
+        side = max(h, w)
+        if h != w:
+            canvas = torch.zeros(side, side)
+            top, left = (side - h) // 2, (side - w) // 2
+            canvas[top : top + h, left : left + w] = a
+            a = canvas
+        if size is not None and size != side:
+            a = F.interpolate(
+                a[None, None],
+                size=(size, size),
+                mode="bicubic",
+                align_corners=False,
+                antialias=True,
+            )[0, 0].clamp(0.0, 1.0)
+        out.append(a)
+    if len({tuple(a.shape) for a in out}) > 1:
+        raise InputError("the views have different sizes; all views must share one image size")
+    return torch.stack(out)
+
+
+def _to_user(g: Gaussians, m: torch.Tensor) -> Gaussians:
+    from pipelines.cameras import invert_similarity
+
+    if torch.equal(m, torch.eye(4, dtype=torch.float64)):
+        return g
+    return g.to(torch.float64).transformed(invert_similarity(m)).to(torch.float32)
+
+
+def _check_resolution(resolution: int) -> None:
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 16:
+        raise InputError(f"--resolution {resolution} is too small; use at least 16 (e.g. 256)")
+
+
+def optimize_views(
+    cams: Cameras,
+    resolution: int = DEFAULT_RESOLUTION,
+    iterations: int | None = None,
+    seed: int = 0,
+    init: Gaussians | None = None,
+    config: TrainConfig | None = None,
+    device: str = "cpu",
+    n_init: int | None = None,
+    hull_resolution: int | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_stage: Callable[..., None] | None = None,
+) -> OptimizeResult:
+    """Fit Gaussians to posed RGBA views.
+
+    Args:
+        cams: cameras with ``image_paths`` (RGBA, transparent background), any frame.
+        resolution: square size the views are fitted at (padded square, resized).
+        iterations: optimisation steps (default: the config's, :data:`DEFAULT_ITERATIONS`).
+        seed: seeds the initial samples, the view order and the splits.
+        init: starting Gaussians in the **user** frame (None: sample the visual hull).
+        config: :class:`TrainConfig` (default :data:`DEFAULT_CONFIG`).
+        device: torch device string.
+        n_init: Gaussians sampled on the visual hull (default: :data:`DEFAULT_INIT_GAUSSIANS`
+            at 256 px, scaled with the pixel count, 2,000 to 100,000).
+        hull_resolution: voxels along the longest side of the carving grid (default: half
+            the resolution, 32 to 160).
+        on_step: per-step progress callback.
+        on_stage: called as each stage starts with a short name, and for the optimisation
+            stage also its number of steps (``on_stage(name)`` / ``on_stage(name, steps)``).
+
+    Returns:
+        :class:`OptimizeResult`.
+    """
+    from pipelines.reconstruct import check_view_count, to_model_frame
+
+    _check_resolution(resolution)
+    check_view_count(len(cams))
+    cfg = config or DEFAULT_CONFIG
+    cfg = replace(cfg, seed=int(seed), iterations=int(iterations or cfg.iterations))
+    timings: dict[str, float] = {}
+    stage = on_stage or (lambda *_a: None)
+
+    t = time.perf_counter()
+    stage(f"Loading {len(cams)} views at {resolution} px")
+    images, used = load_views(cams, resolution)
+    masks = load_masks(cams, resolution)
+    cams_model, m = to_model_frame(used)
+    timings["load"] = time.perf_counter() - t
+
+    hull = None
+    from pipelines.optimize.trainer import _threads
+
+    if init is None:
+        t = time.perf_counter()
+        stage("Carving the visual hull")
+        with _threads(1, str(device) == "cpu"):
+            if n_init is None:
+                n_init = int(
+                    min(100_000, max(2_000, DEFAULT_INIT_GAUSSIANS * (resolution / 256) ** 2))
+                )
+            if hull_resolution is None:
+                hull_resolution = int(min(160, max(32, resolution // 2)))
+            hull = carve_visual_hull(cams_model, masks, resolution=hull_resolution, margin_px=0.5)
+            init_model = hull_gaussians(hull, cams_model, images, n_init, seed=seed, masks=masks)
+        timings["hull"] = time.perf_counter() - t
+    else:
+        init_model = init.to(torch.float64).transformed(m).to(torch.float32)
+
+    history: list[StepInfo] = []
+
+    def step_cb(info: StepInfo) -> None:
+        history.append(info)
+        if on_step is not None:
+            on_step(info)
+
+    t = time.perf_counter()
+    stage(f"Optimising {cfg.iterations} steps", cfg.iterations)
+    g_model = optimize_gaussians(
+        init_model, cams_model, images, masks, cfg, on_step=step_cb, device=device, hull=hull
+    )
+    timings["optimize"] = time.perf_counter() - t
+    return OptimizeResult(
+        gaussians=_to_user(g_model, m),
+        gaussians_model=g_model,
+        model_from_user=m,
+        cameras=used,
+        cameras_model=cams_model,
+        hull=hull,
+        history=history,
+        timings=timings,
+    )
+
+
+def refine_result(
+    result,
+    cams: Cameras,
+    iterations: int,
+    resolution: int = DEFAULT_RESOLUTION,
+    seed: int = 0,
+    config: TrainConfig | None = None,
+    device: str = "cpu",
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_stage: Callable[..., None] | None = None,
+):
+    """Refine a GeoLRM :class:`~pipelines.reconstruct.ReconResult` against its views.
+
+    The feed-forward Gaussians (model frame) are optimised for ``iterations`` steps against the
+    views at ``resolution`` (with the mask loss when the views have alpha). Returns a copy of
+    ``result`` with the refined Gaussians (both frames); ``anchors`` / raw tensors are kept.
+    """
+    _check_resolution(resolution)
+    cfg = replace(config or DEFAULT_CONFIG, seed=int(seed), iterations=int(iterations))
+    stage = on_stage or (lambda *_a: None)
+    stage(f"Loading {len(cams)} views at {resolution} px for refinement")
+    images, _ = load_views(cams, resolution)
+    try:
+        masks = load_masks(cams, resolution)
+    except InputError:
+        masks = None  # views without alpha: RGB loss only
+    cams_model = result.cameras_model.resized(resolution, resolution)
+    stage(f"Refining {iterations} steps", int(iterations))
+    g_model = optimize_gaussians(
+        result.gaussians_model, cams_model, images, masks, cfg, on_step=on_step, device=device
+    )
+    return replace(
+        result, gaussians=_to_user(g_model, result.model_from_user), gaussians_model=g_model
+    )
+
+
+def to_recon_result(result: OptimizeResult):
+    """A :class:`~pipelines.reconstruct.ReconResult` for
+    :func:`~pipelines.reconstruct.write_outputs` (no anchors; the raw tensor holds the
+    activated Gaussians in the model frame, in GeoLRM's layout)."""
+    from pipelines.reconstruct import ReconResult
+
+    g = result.gaussians_model
+    raw = torch.cat(
+        [g.means, g.opacities[:, None], g.scales, g.quats, g.colors.clamp(0.0, 1.0)], -1
+    ).float()
+    return ReconResult(
+        gaussians=result.gaussians,
+        gaussians_model=g,
+        anchors=torch.zeros(0, 3),
+        occupancy_logits=torch.zeros(0, 0, 0),
+        raw_gaussians=raw.contiguous(),
+        model_from_user=result.model_from_user,
+        cameras=result.cameras,
+        cameras_model=result.cameras_model,
+        gs_per_token=0,
+        timings=dict(result.timings),
+    )
