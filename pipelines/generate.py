@@ -488,11 +488,6 @@ class Generator:
             else rc.load_config(opts.config)
         )
         self.checkpoint = rc.resolve_checkpoint(opts.checkpoint)
-        if opts.refine:
-            try:
-                from pipelines.optimize import refine_result  # noqa: F401
-            except ImportError as e:  # pragma: no cover - the module ships with geolrm
-                raise InputError(f"--refine needs pipelines.optimize ({e})") from None
         self.model = None
         # numba's OpenMP layer (GeoLRM's CPU kernels, the rasterizer) resets torch's intra-op
         # thread count; each run starts from the count seen here so that every photo of a

@@ -260,7 +260,6 @@ def test_no_alpha_and_no_rembg_model(empty_caches, tmp_path, tiny, cli) -> None:
 
 
 def test_refine_is_passed_through(tmp_path, tiny, cli) -> None:
-    pytest.importorskip("pipelines.optimize", reason="per-scene refinement not built yet")
     photo = tmp_path / "opaque.jpg"
     Image.new("RGB", (64, 48), (30, 120, 200)).save(photo)
     code, _, err = cli(

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_INIT_GAUSSIANS",
     "DEFAULT_ITERATIONS",
     "DEFAULT_RESOLUTION",
+    "DEFAULT_THICKNESS",
     "OptimizeResult",
     "StepInfo",
     "TrainConfig",
@@ -61,6 +62,9 @@ DEFAULT_ITERATIONS = 1500
 DEFAULT_RESOLUTION = 256
 DEFAULT_INIT_GAUSSIANS = 30_000
 """Gaussians sampled on the visual hull at 256 px (scaled with the pixel count elsewhere)."""
+DEFAULT_THICKNESS = 0.02
+"""Initial Gaussians on the hull surface are tangent discs this fraction of their radius thick
+(:func:`~pipelines.optimize.visual_hull.hull_gaussians`)."""
 #: Settings tuned on the four bench objects (bench/optimize.py) at 256 px on 2 CPU cores.
 DEFAULT_CONFIG = TrainConfig(iterations=DEFAULT_ITERATIONS)
 
@@ -192,6 +196,7 @@ def optimize_views(
     device: str = "cpu",
     n_init: int | None = None,
     hull_resolution: int | None = None,
+    thickness: float | None = DEFAULT_THICKNESS,
     on_step: Callable[[StepInfo], None] | None = None,
     on_stage: Callable[..., None] | None = None,
 ) -> OptimizeResult:
@@ -209,6 +214,8 @@ def optimize_views(
             at 256 px, scaled with the pixel count, 2,000 to 100,000).
         hull_resolution: voxels along the longest side of the carving grid (default: half
             the resolution, 32 to 160).
+        thickness: initial surface Gaussians are tangent discs this fraction of their radius
+            thick (None: isotropic blobs, which end up about a radius inside the surface).
         on_step: per-step progress callback.
         on_stage: called as each stage starts with a short name, and for the optimisation
             stage also its number of steps (``on_stage(name)`` / ``on_stage(name, steps)``).
@@ -246,7 +253,9 @@ def optimize_views(
             if hull_resolution is None:
                 hull_resolution = int(min(160, max(32, resolution // 2)))
             hull = carve_visual_hull(cams_model, masks, resolution=hull_resolution, margin_px=0.5)
-            init_model = hull_gaussians(hull, cams_model, images, n_init, seed=seed, masks=masks)
+            init_model = hull_gaussians(
+                hull, cams_model, images, n_init, seed=seed, masks=masks, thickness=thickness
+            )
         timings["hull"] = time.perf_counter() - t
     else:
         init_model = init.to(torch.float64).transformed(m).to(torch.float32)

@@ -32,6 +32,7 @@ __all__ = [
     "hull_gaussians",
     "hull_normals",
     "look_at_point",
+    "quat_z_to",
 ]
 
 
@@ -344,6 +345,17 @@ def _view_colors(
 
 
 @_one_thread
+def quat_z_to(normals: Tensor) -> Tensor:
+    """``[N, 4]`` wxyz quaternions of the shortest rotations taking +z to the unit ``normals``
+    ``[N, 3]`` (a half turn about x for ``-z``)."""
+    n = torch.nn.functional.normalize(normals.double(), dim=-1)
+    # q = (1 + z.n, z x n) normalised; z x n = (-n_y, n_x, 0)
+    q = torch.stack([1.0 + n[:, 2], -n[:, 1], n[:, 0], torch.zeros_like(n[:, 0])], -1)
+    flip = q.norm(dim=-1) < 1e-9
+    q[flip] = torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=q.dtype)
+    return torch.nn.functional.normalize(q, dim=-1)
+
+
 def hull_gaussians(
     hull: VisualHull,
     cams: Cameras,
@@ -353,6 +365,7 @@ def hull_gaussians(
     opacity: float = 0.5,
     seed: int = 0,
     masks: Tensor | None = None,
+    thickness: float | None = None,
 ) -> Gaussians:
     """Initial Gaussians on and in the visual hull, coloured from the views.
 
@@ -368,10 +381,15 @@ def hull_gaussians(
         seed: sampling seed.
         masks: ``[V, H, W]`` alpha of the views (optional): colours are then un-composited
             from the white background and weighted by alpha.
+        thickness: None: isotropic Gaussians. Else discs tangent to the hull (local z along
+            :func:`hull_normals`), this fraction of their radius thick. Thick blobs make a shell whose rendered silhouette and depth reach about
+            one radius past the centres, so the fit pulls the whole surface that far inward
+            (measured on Spot: centres 1.4 cm inside the true surface, depth 1.3 cm deep);
+            discs keep a sharp silhouette and a surface-hugging depth.
 
     Returns:
-        Isotropic Gaussians (scale: mean distance to the 3 nearest neighbours, at most 2
-        voxels), identity rotations, colour a weighted mean over the views that see the point
+        Gaussians (radius: mean distance to the 3 nearest neighbours, at most 2 voxels),
+        identity rotations (or tangent discs), colour a weighted mean over the views that see the point
         (a hull depth buffer decides visibility; views facing the hull surface squarely weigh
         most; all views that frame it when none sees it).
     """
@@ -395,11 +413,17 @@ def hull_gaussians(
     d = torch.from_numpy(dist[:, 1:].mean(-1) if k > 1 else np.full(n, hull.voxel))
     scale = d.clamp(min=1e-3 * hull.voxel, max=2.0 * hull.voxel)
 
+    scales = scale[:, None].expand(n, 3).float().clone()
     quats = torch.zeros(n, 4)
     quats[:, 0] = 1.0
+    if thickness is not None:
+        # interior samples too: they turn into the surface of concavities the hull misses
+        # (deep inside, where the blurred hull has no gradient, the disc keeps the z axis)
+        quats = quat_z_to(hull_normals(hull, means)).float()
+        scales[:, 2] *= float(thickness)
     return Gaussians(
         means=means.float(),
-        scales=scale[:, None].expand(n, 3).float().contiguous(),
+        scales=scales,
         quats=quats,
         opacities=torch.full((n,), float(opacity)),
         colors=colors.clamp(0.0, 1.0).float(),
