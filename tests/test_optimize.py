@@ -34,6 +34,7 @@ from pipelines.optimize.trainer import (
     reset_opacity,
     split_gaussians,
     ssim,
+    view_contributions,
 )
 from pipelines.optimize.visual_hull import quat_z_to
 from pipelines.raster import rasterize
@@ -326,6 +327,56 @@ def test_opacity_weight_pushes_opacities_to_0_or_1(spot64, spot_init) -> None:
     binary = optimize_gaussians(spot_init, cams, images, masks, replace(cfg, opacity_weight=1.0))
     assert len(plain) == len(binary) == len(spot_init)
     assert spread(binary) < 0.8 * spread(plain), (spread(binary), spread(plain))
+
+
+def test_visible_fraction() -> None:
+    """A Gaussian in front of everything is fully visible (its summed blending weight equals
+    its analytic footprint); one behind an opaque wall is hidden."""
+    cams = load_transforms(SPOT / "transforms_train.json").resized(96, 96).subset([0])
+    eye = cams.c2w[0, :3, 3]
+    toward = -eye / eye.norm()
+    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(3, 1)
+    g = Gaussians(
+        means=torch.stack([eye + 1.2 * toward, eye + 1.5 * toward, eye + 0.9 * toward]),
+        scales=torch.tensor([[0.2, 0.2, 0.2], [0.03, 0.03, 0.03], [0.02, 0.03, 0.04]]),
+        quats=quats,
+        opacities=torch.tensor([0.99, 0.5, 0.5]),
+        colors=torch.full((3, 3), 0.5),
+    )
+    weight, fraction = view_contributions(
+        params_from_gaussians(g), cams.c2w, cams.K, 96, 96, "cpu", fraction=True
+    )
+    assert weight[2] > 1.0 and abs(float(fraction[2]) - 1.0) < 0.05, fraction
+    assert float(fraction[1]) < 0.02, fraction  # behind the wall
+    assert float(fraction[0]) > 0.5, fraction
+
+
+def test_min_visible_prunes_buried_gaussians(spot64, spot_init) -> None:
+    cams, images, masks = spot64
+    centre = spot_init.means.mean(0)
+    n = 50
+    gen = torch.Generator().manual_seed(0)
+    buried = Gaussians(
+        means=centre + 0.02 * torch.randn(n, 3, generator=gen),
+        scales=torch.full((n, 3), 0.01),
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n, 1),
+        opacities=torch.full((n,), 0.9),
+        colors=torch.full((n, 3), 0.5),
+    )
+    init = Gaussians(
+        *(torch.cat([getattr(spot_init, k), getattr(buried, k)]) for k in
+          ("means", "scales", "quats", "opacities", "colors"))
+    )  # fmt: skip
+    cfg = TrainConfig(
+        iterations=2, densify_start=100, min_contribution=0.0, final_prune_opacity=0.0
+    )
+    kept = optimize_gaussians(init, cams, images, masks, cfg)
+    pruned = optimize_gaussians(init, cams, images, masks, replace(cfg, min_visible=0.05))
+    assert len(kept) == len(init)
+    near_centre = (pruned.means - centre).norm(dim=-1) < 0.1
+    assert len(pruned) < len(init) and int(near_centre.sum()) == 0
+    # the surface stays (the 15 % of the initial samples inside the hull go too)
+    assert len(pruned) > 0.7 * len(spot_init)
 
 
 def test_flat_weight_flattens(spot64, spot_init) -> None:

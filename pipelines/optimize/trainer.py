@@ -110,6 +110,15 @@ class TrainConfig:
             densification stops and at the end: nothing in the views constrains them (e.g. the
             part of a visual hull hidden under an object), so they only show up, wrongly, in
             new views. 0 disables.
+        min_visible: Gaussians whose visible fraction stays below this in every training view
+            are pruned with ``min_contribution``: the blending weight summed over the view's
+            pixels divided by the Gaussian's own footprint there (``o 2 pi sqrt(det Sigma2d)``,
+            pixels), i.e. how much of it is not hidden behind others. Gaussians buried in a
+            part of the visual hull that no view sees (under an object seen from above) are
+            almost fully hidden in every view. 0 (default) disables: on the water bottle 0.1
+            lifts test PSNR from 34.9 to 38.6 dB (the views from below no longer see a dark
+            wedge) but leaves the bottle open at the bottom, and the fused mesh's Chamfer
+            distance grows from 0.0054 to 0.0139.
         hull_margin: with a visual hull given, Gaussians whose centre leaves the hull grown by
             this many voxels are pruned at every densification round (the object lies inside
             its visual hull, so they are floaters).
@@ -145,6 +154,7 @@ class TrainConfig:
     max_gaussians: int | None = 300_000
     hull_margin: int = 2
     min_contribution: float = 0.02
+    min_visible: float = 0.0
     final_prune_opacity: float = 0.005
     threads: int | None = None
 
@@ -594,24 +604,45 @@ def view_contributions(
     width: int,
     height: int,
     backend: str,
-) -> Tensor:
+    fraction: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """``[N]`` largest, over the given views, of each Gaussian's blending weight summed over
-    the view's pixels (``sum_pixels alpha_i T_i``, in pixels).
+    the view's pixels (``sum_pixels alpha_i T_i``, in pixels); with ``fraction`` also the
+    largest visible fraction (that weight over the Gaussian's footprint, :func:`_footprint`).
 
     Read off the gradient of the summed image w.r.t. the colours (``d rgb / d c_i = w_i``),
     one view at a time.
     """
     best = torch.zeros(len(params["means"]), device=params["means"].device)
+    best_fraction = torch.zeros_like(best)
     colors = params["colors"].detach().clone().requires_grad_(True)
     fixed = {k: v.detach() for k, v in params.items()}
     fixed["colors"] = colors
     bg = torch.ones(1, 3, device=colors.device)
+    g = gaussians_from_params(fixed)
     for v in range(len(c2w)):
-        g = gaussians_from_params(fixed)
         rgb, _, _, _ = _render(g, c2w[v : v + 1], K[v : v + 1], width, height, bg, backend)
         (grad,) = torch.autograd.grad(rgb.sum(), colors)
-        best = torch.maximum(best, grad.mean(-1))
-    return best
+        weight = grad.mean(-1)
+        best = torch.maximum(best, weight)
+        if fraction:
+            footprint = _footprint(g, c2w[v : v + 1], K[v : v + 1], width, height)
+            best_fraction = torch.maximum(best_fraction, weight / footprint.clamp_min(1e-12))
+    return (best, best_fraction) if fraction else best
+
+
+def _footprint(g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int) -> Tensor:
+    """``[N]`` integral over the image plane of each Gaussian's alpha in one view (pixels):
+    ``o 2 pi sqrt(det Sigma2d)`` (before the 0.99 cap); 0 where it is culled."""
+    from pipelines.raster.project import project, viewmats_from_c2w
+
+    with torch.no_grad():
+        viewmats = viewmats_from_c2w(c2w.double()).to(g.means.dtype)
+        proj = project(g.means, g.quats, g.scales, g.opacities, viewmats, K, width, height)
+        a, b, c = proj.conics[0].unbind(-1)
+        det = (a * c - b * b).clamp_min(1e-30)
+        area = g.opacities * 2 * math.pi / det.sqrt()
+        return torch.where(proj.valid[0], area, torch.zeros_like(area))
 
 
 # --------------------------------------------------------------------------------------------
@@ -748,10 +779,18 @@ def optimize_gaussians(
                     )
             if reset_every and step % reset_every == 0 and step < stop:
                 reset_opacity(params, optimizers, 2 * cfg.prune_opacity)
-            if cfg.min_contribution > 0 and step in (stop, int(cfg.iterations)):
+            prune_hidden = cfg.min_contribution > 0 or cfg.min_visible > 0
+            if prune_hidden and step in (stop, int(cfg.iterations)):
                 clean = False
-                contrib = view_contributions(params, tg.c2w, tg.K, w, h, backend)
-                prune_gaussians(params, optimizers, contrib < cfg.min_contribution)
+                if cfg.min_visible > 0:
+                    contrib, frac = view_contributions(
+                        params, tg.c2w, tg.K, w, h, backend, fraction=True
+                    )
+                    hidden = (contrib < cfg.min_contribution) | (frac < cfg.min_visible)
+                else:
+                    contrib = view_contributions(params, tg.c2w, tg.K, w, h, backend)
+                    hidden = contrib < cfg.min_contribution
+                prune_gaussians(params, optimizers, hidden)
                 state = DensifyState.zeros(len(params["means"]), dev)
 
             raster_threads.after(time.perf_counter() - t_step, clean)
