@@ -63,7 +63,7 @@ DEFAULT_RESOLUTION = 256
 DEFAULT_INIT_GAUSSIANS = 30_000
 """Gaussians sampled on the visual hull at 256 px (scaled with the pixel count elsewhere)."""
 DEFAULT_THICKNESS = 0.02
-"""Initial Gaussians on the hull surface are tangent discs this fraction of their radius thick
+"""Initial Gaussians are discs tangent to the hull, this fraction of their radius thick
 (:func:`~pipelines.optimize.visual_hull.hull_gaussians`)."""
 #: Settings tuned on the four bench objects (bench/optimize.py) at 256 px on 2 CPU cores.
 DEFAULT_CONFIG = TrainConfig(iterations=DEFAULT_ITERATIONS)
@@ -214,8 +214,8 @@ def optimize_views(
             at 256 px, scaled with the pixel count, 2,000 to 100,000).
         hull_resolution: voxels along the longest side of the carving grid (default: half
             the resolution, 32 to 160).
-        thickness: initial surface Gaussians are tangent discs this fraction of their radius
-            thick (None: isotropic blobs, which end up about a radius inside the surface).
+        thickness: initial Gaussians are discs tangent to the hull, this fraction of their
+            radius thick (None: isotropic blobs, which end up about a radius inside the surface).
         on_step: per-step progress callback.
         on_stage: called as each stage starts with a short name, and for the optimisation
             stage also its number of steps (``on_stage(name)`` / ``on_stage(name, steps)``).

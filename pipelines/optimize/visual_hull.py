@@ -169,7 +169,7 @@ def _carve(cams: Cameras, sdf: Tensor, points: Tensor, margin_px: float, min_vie
 
 
 def _grid(lo: Tensor, hi: Tensor, resolution: int) -> tuple[Tensor, float, tuple[int, int, int]]:
-    """Voxel centres covering the box ``[lo, hi]`` with ``resolution`` voxels on its longest side."""
+    """Voxel centres covering the box ``[lo, hi]``, ``resolution`` voxels on its longest side."""
     voxel = float((hi - lo).max()) / resolution
     dims = tuple(max(1, math.ceil(float(e) / voxel - 1e-9)) for e in (hi - lo))
     centre = (lo + hi) / 2
@@ -344,7 +344,6 @@ def _view_colors(
     return torch.where((wsum + cnt_any) > 0, colors, torch.full_like(colors, 0.5))
 
 
-@_one_thread
 def quat_z_to(normals: Tensor) -> Tensor:
     """``[N, 4]`` wxyz quaternions of the shortest rotations taking +z to the unit ``normals``
     ``[N, 3]`` (a half turn about x for ``-z``)."""
@@ -356,6 +355,7 @@ def quat_z_to(normals: Tensor) -> Tensor:
     return torch.nn.functional.normalize(q, dim=-1)
 
 
+@_one_thread
 def hull_gaussians(
     hull: VisualHull,
     cams: Cameras,
@@ -382,14 +382,16 @@ def hull_gaussians(
         masks: ``[V, H, W]`` alpha of the views (optional): colours are then un-composited
             from the white background and weighted by alpha.
         thickness: None: isotropic Gaussians. Else discs tangent to the hull (local z along
-            :func:`hull_normals`), this fraction of their radius thick. Thick blobs make a shell whose rendered silhouette and depth reach about
-            one radius past the centres, so the fit pulls the whole surface that far inward
-            (measured on Spot: centres 1.4 cm inside the true surface, depth 1.3 cm deep);
-            discs keep a sharp silhouette and a surface-hugging depth.
+            :func:`hull_normals`), this fraction of their radius thick. Thick blobs make a
+            shell whose rendered silhouette and depth reach about one radius past the centres,
+            so the fit pulls the whole surface that far inward (measured on Spot: centres
+            1.4 cm inside the true surface, depth 1.3 cm deep); discs keep a sharp silhouette
+            and a surface-hugging depth.
 
     Returns:
         Gaussians (radius: mean distance to the 3 nearest neighbours, at most 2 voxels),
-        identity rotations (or tangent discs), colour a weighted mean over the views that see the point
+        identity rotations (or tangent discs), colour a weighted mean over the views that see
+        the point
         (a hull depth buffer decides visibility; views facing the hull surface squarely weigh
         most; all views that frame it when none sees it).
     """
