@@ -45,9 +45,11 @@ __all__ = [
     "decompose_similarity",
     "fov_to_focal",
     "focal_to_fov",
+    "image_has_alpha",
     "invert_similarity",
     "load_images",
     "load_similarity",
+    "load_masks",
     "load_transforms",
     "load_views",
     "look_at",
@@ -55,6 +57,7 @@ __all__ = [
     "orbit_cameras",
     "orbit_poses",
     "project_points",
+    "read_image",
     "save_similarity",
     "similarity_from_json",
     "similarity_to_json",
@@ -1001,46 +1004,54 @@ def load_similarity(path: PathLike) -> torch.Tensor:
 # images
 
 
-def _read_rgb(path: Path, background: tuple[float, float, float]) -> torch.Tensor:
-    """One image as ``[3, H, W]`` float32 in [0, 1], alpha composited (straight) on background."""
+def image_has_alpha(im: Image.Image) -> bool:
+    """Whether an open PIL image carries transparency (RGBA, LA, PA or palette with it)."""
+    return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+
+
+def read_image(path: Path) -> tuple[np.ndarray, bool]:
+    """``([H, W, 4] uint8 RGBA, has_alpha)`` of one image (opaque ones get alpha 255); a
+    missing or unreadable file is a one-line :class:`InputError`."""
     try:
         with Image.open(path) as im:
             im.load()
-            has_alpha = im.mode in ("RGBA", "LA", "PA") or (
-                im.mode == "P" and "transparency" in im.info
-            )
-            im = im.convert("RGBA" if has_alpha else "RGB")
-            arr = np.asarray(im)
+            has_alpha = image_has_alpha(im)
+            arr = np.asarray(im.convert("RGBA")).copy()
     except FileNotFoundError:
         raise _err(path, "image not found", "check the image path") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise _err(
             path, f"cannot read image ({e})", "replace it with a valid PNG/JPEG/WebP"
         ) from None
-    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
-    if x.shape[0] == 4:
-        rgb, a = x[:3], x[3:4]
-        bg = torch.tensor(background, dtype=torch.float32).view(3, 1, 1)
-        x = rgb * a + bg * (1.0 - a)
-    return x
+    return arr, has_alpha
 
 
-def _pad_square(
-    x: torch.Tensor, background: tuple[float, float, float]
-) -> tuple[torch.Tensor, int, int]:
-    """Centre ``[3, H, W]`` on a square canvas; returns the canvas and the (left, top) offset."""
-    _, h, w = x.shape
+def _read_rgb(path: Path, background: tuple[float, float, float]) -> torch.Tensor:
+    """One image as ``[3, H, W]`` float32 in [0, 1], alpha composited (straight) on background."""
+    arr, has_alpha = read_image(path)
+    x = torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
+    rgb, a = x[:3], x[3:4]
+    if not has_alpha:
+        return rgb.contiguous()
+    bg = torch.tensor(background, dtype=torch.float32).view(3, 1, 1)
+    return rgb * a + bg * (1.0 - a)
+
+
+def _pad_square(x: torch.Tensor, fill: tuple[float, ...]) -> tuple[torch.Tensor, int, int]:
+    """Centre ``[C, H, W]`` on a square canvas of ``fill`` (one value per channel); returns the
+    canvas and the (left, top) offset."""
+    c, h, w = x.shape
     side = max(h, w)
     if h == w:
         return x, 0, 0
     left, top = (side - w) // 2, (side - h) // 2
-    canvas = torch.tensor(background, dtype=x.dtype).view(3, 1, 1).repeat(1, side, side)
+    canvas = torch.tensor(fill, dtype=x.dtype).view(c, 1, 1).repeat(1, side, side)
     canvas[:, top : top + h, left : left + w] = x
     return canvas, left, top
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bicubic antialiased resize of ``[3, S, S]`` to ``size`` (as the official scripts), clamped."""
+    """Bicubic antialiased resize of ``[C, S, S]`` to ``size`` (as the official scripts), clamped."""
     if x.shape[-1] == size:
         return x
     y = torch.nn.functional.interpolate(
@@ -1125,3 +1136,25 @@ def load_views(
     if size is not None and size != side:
         work = work.resized(size, size)
     return torch.stack(out), work
+
+
+def load_masks(cams: Cameras, size: int | None = 448) -> torch.Tensor:
+    """The views' alpha channels ``[V, S, S]`` in [0, 1], padded square (with 0) and resized
+    exactly as :func:`load_views` treats the colours (bicubic, antialiased).
+
+    Raises:
+        InputError: an image without alpha, unreadable, or of another size than the first.
+    """
+    if cams.image_paths is None:
+        raise InputError("these cameras have no image files; give a transforms.json with images")
+    out = []
+    for p in cams.image_paths:
+        arr, has_alpha = read_image(p)
+        if not has_alpha:
+            fix = "give RGBA views with a transparent background"
+            raise _err(p, "the image has no alpha channel", fix)
+        a, _, _ = _pad_square(torch.from_numpy(arr[..., 3:]).permute(2, 0, 1) / 255.0, (0.0,))
+        out.append((a if size is None else _resize(a, size))[0])
+    if len({tuple(a.shape) for a in out}) > 1:
+        raise InputError("the views have different sizes; all views must share one image size")
+    return torch.stack(out)

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipelines.cameras import Cameras
+from pipelines.cameras import Cameras, read_image
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
 
@@ -387,24 +387,6 @@ def evaluate_mesh(
 # images of the test set
 
 
-def _read_rgba(path: Path) -> tuple[np.ndarray, bool]:
-    """``([H, W, 4] float32 in [0, 1], has_alpha)``; opaque images get alpha 1."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            has_alpha = im.mode in ("RGBA", "LA", "PA") or (
-                im.mode == "P" and "transparency" in im.info
-            )
-            arr = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-    except FileNotFoundError:
-        raise InputError(f"{path}: test image not found") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise InputError(f"{path}: cannot read the test image ({e})") from None
-    return arr, has_alpha
-
-
 def _target_size(width: int, height: int, resolution: int | None) -> tuple[int, int]:
     if resolution is None:
         return width, height
@@ -432,7 +414,8 @@ def load_gt_images(
         raise InputError("the test cameras name no images; the ground truth needs its images")
     rgbs, alphas, any_alpha, size = [], [], False, None
     for p in cams.image_paths:
-        arr, has_alpha = _read_rgba(p)
+        rgba, has_alpha = read_image(p)
+        arr = rgba.astype(np.float32) / 255.0
         any_alpha |= has_alpha
         h, w = arr.shape[:2]
         if size is None:

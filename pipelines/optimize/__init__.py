@@ -26,13 +26,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from pipelines.cameras import Cameras, load_views
+from pipelines.cameras import Cameras, image_has_alpha, load_masks, load_views
 from pipelines.errors import InputError
 from pipelines.optimize.trainer import StepInfo, TrainConfig, optimize_gaussians
 from pipelines.optimize.visual_hull import VisualHull, carve_visual_hull, hull_gaussians
@@ -94,19 +91,9 @@ class OptimizeResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _has_alpha(im) -> bool:
-    return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-
-
-def _no_alpha(path: Path) -> InputError:
-    return InputError(
-        f"{path}: the image has no alpha channel; --method optimize carves the object from the "
-        "views' masks, give RGBA images with a transparent background"
-    )
-
-
 def check_masks(cams: Cameras) -> None:
-    """Raise :class:`InputError` unless every view has an alpha channel (reads headers only)."""
+    """Raise :class:`InputError` unless every view has an alpha channel (reads headers only,
+    so that a run fails before any work)."""
     from PIL import Image, UnidentifiedImageError
 
     if cams.image_paths is None:
@@ -114,63 +101,16 @@ def check_masks(cams: Cameras) -> None:
     for p in cams.image_paths:
         try:
             with Image.open(p) as im:
-                ok = _has_alpha(im)
+                ok = image_has_alpha(im)
         except FileNotFoundError:
             raise InputError(f"{p}: image not found; check the image path") from None
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             raise InputError(f"{p}: cannot read image ({e}); replace it with a valid PNG") from None
         if not ok:
-            raise _no_alpha(Path(p))
-
-
-def _read_alpha(path: Path) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            has_alpha = _has_alpha(im)
-            arr = np.asarray(im.convert("RGBA"))[..., 3] if has_alpha else None
-    except FileNotFoundError:
-        raise InputError(f"{path}: image not found; check the image path") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise InputError(f"{path}: cannot read image ({e}); replace it with a valid PNG") from None
-    if arr is None:
-        raise _no_alpha(path)
-    return torch.from_numpy(arr.copy()).float() / 255.0
-
-
-def load_masks(cams: Cameras, size: int | None) -> torch.Tensor:
-    """The views' alpha channels ``[V, S, S]`` in [0, 1], padded square (with 0) and resized
-    exactly as :func:`pipelines.cameras.load_views` treats the colours (bicubic, antialiased).
-
-    Raises:
-        InputError: an image without alpha, unreadable, or of another size than the first.
-    """
-    if cams.image_paths is None:
-        raise InputError("these cameras have no image files; give a transforms.json with images")
-    out = []
-    for p in cams.image_paths:
-        a = _read_alpha(Path(p))
-        h, w = a.shape
-        side = max(h, w)
-        if h != w:
-            canvas = torch.zeros(side, side)
-            top, left = (side - h) // 2, (side - w) // 2
-            canvas[top : top + h, left : left + w] = a
-            a = canvas
-        if size is not None and size != side:
-            a = F.interpolate(
-                a[None, None],
-                size=(size, size),
-                mode="bicubic",
-                align_corners=False,
-                antialias=True,
-            )[0, 0].clamp(0.0, 1.0)
-        out.append(a)
-    if len({tuple(a.shape) for a in out}) > 1:
-        raise InputError("the views have different sizes; all views must share one image size")
-    return torch.stack(out)
+            raise InputError(
+                f"{p}: the image has no alpha channel; --method optimize carves the object from "
+                "the views' masks, give RGBA images with a transparent background"
+            )
 
 
 def _to_user(g: Gaussians, m: torch.Tensor) -> Gaussians:
