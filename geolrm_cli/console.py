@@ -8,7 +8,9 @@ from contextlib import contextmanager
 import typer
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: printed lines are never folded by rich (a path in a "done: ... -> PATH" line stays
+# whole and copyable; the terminal wraps it for display)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def error_line(message: str) -> None:
