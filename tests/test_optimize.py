@@ -343,9 +343,7 @@ def test_visible_fraction() -> None:
         opacities=torch.tensor([0.99, 0.5, 0.5]),
         colors=torch.full((3, 3), 0.5),
     )
-    weight, fraction = view_contributions(
-        params_from_gaussians(g), cams.c2w, cams.K, 96, 96, "cpu", fraction=True
-    )
+    weight, fraction = view_contributions(params_from_gaussians(g), cams.c2w, cams.K, 96, 96, "cpu")
     assert weight[2] > 1.0 and abs(float(fraction[2]) - 1.0) < 0.05, fraction
     assert float(fraction[1]) < 0.02, fraction  # behind the wall
     assert float(fraction[0]) > 0.5, fraction

@@ -604,11 +604,10 @@ def view_contributions(
     width: int,
     height: int,
     backend: str,
-    fraction: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """``[N]`` largest, over the given views, of each Gaussian's blending weight summed over
-    the view's pixels (``sum_pixels alpha_i T_i``, in pixels); with ``fraction`` also the
-    largest visible fraction (that weight over the Gaussian's footprint, :func:`_footprint`).
+) -> tuple[Tensor, Tensor]:
+    """``([N], [N])``: largest, over the given views, of each Gaussian's blending weight summed
+    over the view's pixels (``sum_pixels alpha_i T_i``, in pixels), and largest visible fraction
+    (that weight over the Gaussian's footprint, :func:`_footprint`).
 
     Read off the gradient of the summed image w.r.t. the colours (``d rgb / d c_i = w_i``),
     one view at a time.
@@ -625,10 +624,9 @@ def view_contributions(
         (grad,) = torch.autograd.grad(rgb.sum(), colors)
         weight = grad.mean(-1)
         best = torch.maximum(best, weight)
-        if fraction:
-            footprint = _footprint(g, c2w[v : v + 1], K[v : v + 1], width, height)
-            best_fraction = torch.maximum(best_fraction, weight / footprint.clamp_min(1e-12))
-    return (best, best_fraction) if fraction else best
+        footprint = _footprint(g, c2w[v : v + 1], K[v : v + 1], width, height)
+        best_fraction = torch.maximum(best_fraction, weight / footprint.clamp_min(1e-12))
+    return best, best_fraction
 
 
 def _footprint(g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int) -> Tensor:
@@ -782,14 +780,8 @@ def optimize_gaussians(
             prune_hidden = cfg.min_contribution > 0 or cfg.min_visible > 0
             if prune_hidden and step in (stop, int(cfg.iterations)):
                 clean = False
-                if cfg.min_visible > 0:
-                    contrib, frac = view_contributions(
-                        params, tg.c2w, tg.K, w, h, backend, fraction=True
-                    )
-                    hidden = (contrib < cfg.min_contribution) | (frac < cfg.min_visible)
-                else:
-                    contrib = view_contributions(params, tg.c2w, tg.K, w, h, backend)
-                    hidden = contrib < cfg.min_contribution
+                contrib, visible = view_contributions(params, tg.c2w, tg.K, w, h, backend)
+                hidden = (contrib < cfg.min_contribution) | (visible < cfg.min_visible)
                 prune_gaussians(params, optimizers, hidden)
                 state = DensifyState.zeros(len(params["means"]), dev)
 
