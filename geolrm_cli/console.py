@@ -34,13 +34,26 @@ def run_cli(app: typer.Typer) -> int:
     except typer.Exit as e:
         return e.exit_code
     except Exception as e:  # click usage errors and friends
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        if isinstance(e, _click_exceptions()):
             e.show(file=sys.stderr)
             return 2
         raise
     return rc if isinstance(rc, int) else 0
+
+
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """click's exception base, and typer's own copy of it (typer >= 0.2x vendors click, so its
+    usage errors, e.g. an option out of its range, are not click's)."""
+    import click
+
+    kinds: list[type[Exception]] = [click.exceptions.ClickException]
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # typer that uses click itself
+        pass
+    else:
+        kinds.append(ClickException)
+    return tuple(kinds)
 
 
 @contextmanager

@@ -28,3 +28,18 @@ def test_help_shows_examples(cli, command):
     assert code == 0, err
     assert "Examples" in out
     assert "geolrm " in out.split("Examples", 1)[1]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["mesh", "model.ply", "--resolution", "4"], "--resolution"),
+        (["mesh", "model.ply", "--no-such-option"], "--no-such-option"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(cli, args, fragment):
+    """Option errors (typer's own copy of click raises them) end with exit code 2 and click's
+    usage message, not a traceback."""
+    code, _, err = cli(*args)
+    assert code == 2
+    assert "Traceback" not in err and fragment in err
