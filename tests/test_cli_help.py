@@ -14,8 +14,8 @@ def test_cli_import_is_light():
     """`geolrm --help` stays fast because the CLI imports no torch/transformers/rembg."""
     code = (
         "import sys, geolrm_cli.app\n"
-        "heavy = [m for m in ('torch', 'numba', 'transformers', 'diffusers', 'rembg', 'trimesh')"
-        " if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'numba', 'transformers', 'diffusers', 'rembg', 'trimesh',"
+        " 'xatlas') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

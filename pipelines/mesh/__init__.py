@@ -12,7 +12,9 @@
 4. :func:`~pipelines.mesh.extract.extract_mesh`: marching cubes on
    :func:`~pipelines.mesh.tsdf.solid_tsdf` (interiors a few views saw through stay solid),
    main components, quadric decimation to the face budget, vertex colours from the fused
-   colour volume.
+   colour volume;
+5. optionally (``texture_size``) :func:`~pipelines.mesh.texture.texture_mesh`: UV unwrap
+   (xatlas) and a texture map baked from the same renders.
 
 :func:`~pipelines.mesh.export.export_mesh` writes ``.glb`` / ``.obj`` + ``.mtl`` / ``.ply``.
 """
@@ -34,6 +36,7 @@ from pipelines.mesh.extract import (
     marching_cubes,
     sample_colors,
 )
+from pipelines.mesh.texture import bake_texture, check_texture_size, texture_mesh, unwrap
 from pipelines.mesh.tsdf import TSDFVolume, integrate_numba, integrate_torch
 from pipelines.splats.gaussians import Gaussians
 
@@ -42,6 +45,7 @@ __all__ = [
     "MESH_FORMATS",
     "TSDFVolume",
     "auto_trunc_voxels",
+    "bake_texture",
     "decimate",
     "default_image_size",
     "export_mesh",
@@ -58,6 +62,8 @@ __all__ = [
     "object_box",
     "render_views",
     "sample_colors",
+    "texture_mesh",
+    "unwrap",
 ]
 
 FOV_DEG = 40.0
@@ -313,6 +319,8 @@ def gaussians_to_mesh(
     min_component: float = 0.05,
     device: str = "cpu",
     on_view: Callable[[int], None] | None = None,
+    texture_size: int | None = None,
+    on_texture: Callable[[], None] | None = None,
 ):
     """Gaussians -> coloured triangle mesh (``trimesh.Trimesh``, z-up world like ``g``).
 
@@ -325,11 +333,29 @@ def gaussians_to_mesh(
         image_size: render size (None: from ``resolution``, see :func:`fuse_gaussians`).
         min_component: keep connected components with at least this fraction of the largest
             one's faces (drops floaters).
-        device: ``cpu`` or ``cuda[:N]``.
+        device: ``cpu`` or ``cuda[:N]`` (the texture is always baked on the CPU).
         on_view: progress callback, see :func:`fuse_gaussians`.
+        texture_size: also UV-unwrap the mesh and bake a ``texture_size``-texel square texture
+            from the renders (:func:`~pipelines.mesh.texture.texture_mesh`); the mesh then has
+            UVs and a texture instead of vertex colours. None: vertex colours only.
+        on_texture: called when the texture step starts (progress).
 
     Raises:
         InputError: bad options, or nothing to mesh.
     """
-    vol = fuse_gaussians(g, views, resolution, image_size, trunc_voxels, device, on_view=on_view)
-    return extract_mesh(vol, faces=faces, min_component=min_component)
+    if not 8 <= resolution <= 1024:
+        raise InputError(f"--resolution {resolution} is out of range; use 8-1024")
+    if trunc_voxels is not None and not trunc_voxels > 0:
+        raise InputError(f"--trunc must be positive, got {trunc_voxels}")
+    if texture_size is not None:
+        check_texture_size(texture_size)
+    size = default_image_size(resolution) if image_size is None else image_size
+    fv = render_views(g, views, size, device, on_view=on_view)
+    vol = fuse_views(fv, resolution, trunc_voxels, device)
+    mesh = extract_mesh(vol, faces=faces, min_component=min_component)
+    if texture_size is None:
+        return mesh
+    if on_texture is not None:
+        on_texture()
+    textured, _ = texture_mesh(mesh, fv, vol, texture_size)
+    return textured
