@@ -1,5 +1,5 @@
 """Mesh textures: UV rasteriser and view colours (fast paths vs references), baking on an
-analytic sphere, .glb / .obj round trips."""
+analytic sphere, .glb / .obj round trips, and `geolrm mesh --texture`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error
 from test_mesh import ring_cameras, sphere_gaussians
 
 from pipelines.errors import InputError
@@ -25,6 +26,7 @@ from pipelines.mesh.texture import (
     view_colors,
     view_colors_reference,
 )
+from pipelines.splats.ply import save_ply
 
 trimesh = pytest.importorskip("trimesh")
 pytest.importorskip("xatlas")
@@ -366,3 +368,43 @@ def test_sphere_views_helper_is_consistent():
     want = np.round(sphere_color(p[None]) * 255)[0]
     np.testing.assert_allclose(fv.rgb[0, 32, 32].numpy(), want, atol=3)
     assert math.isclose(float(fv.depth[0, 32, 32]), np.linalg.norm(eye) - R, rel_tol=1e-3)
+
+
+# ----------------------------------------------------------------------------- CLI
+@pytest.fixture
+def sphere_ply(tmp_path):
+    return save_ply(tmp_path / "model.ply", sphere_gaussians(3000, radius=R))
+
+
+FAST = ["--resolution", "32", "--views", "16", "--image-size", "96", "--faces", "800"]
+
+
+@pytest.mark.parametrize("name", ["mesh.glb", "mesh.obj"])
+def test_cli_mesh_texture(cli, sphere_ply, tmp_path, name):
+    out = tmp_path / "out" / name
+    code, _, err = cli("mesh", sphere_ply, "-o", out, "--texture", "--texture-size", "256", *FAST)
+    assert code == 0, err
+    loaded = trimesh.load(out, force="mesh", process=False)
+    material = loaded.visual.material
+    material = material.to_pbr() if hasattr(material, "to_pbr") else material
+    img = np.asarray(material.baseColorTexture.convert("RGB"))
+    assert img.shape == (256, 256, 3)
+    rgb = sample_bilinear(img, np.asarray(loaded.visual.uv))
+    top = loaded.vertices[:, 1] > 0.15  # red top of the z-up world is up in the y-up file
+    assert rgb[top, 0].mean() > 180 and rgb[top, 2].mean() < 60
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == (
+        ["mesh.glb"] if name.endswith(".glb") else ["mesh.mtl", "mesh.obj", "mesh.png"]
+    )
+
+
+def test_cli_mesh_texture_refuses_ply(cli, sphere_ply, tmp_path):
+    out = tmp_path / "mesh.ply"
+    code, _, err = cli("mesh", sphere_ply, "-o", out, "--texture")
+    assert code == 2
+    assert_one_line_error(err, "vertex colours only", ".glb or .obj")
+    assert not out.exists()
+    code, _, err = cli("mesh", sphere_ply, "-o", tmp_path / "m.glb", "--texture-size", "8")
+    assert code == 2  # click's usage error
+    assert "--texture-size" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ply"]

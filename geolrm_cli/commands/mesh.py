@@ -4,7 +4,9 @@ Examples:
 
   geolrm mesh out/model.ply -o out/mesh.glb
 
-  geolrm mesh out/model.ply -o out/mesh.obj --faces 20000
+  geolrm mesh out/model.ply -o out/mesh.glb --texture
+
+  geolrm mesh out/model.ply -o out/mesh.obj --faces 20000 --texture --texture-size 2048
 
   geolrm mesh out/model.ply -o out/mesh.ply --resolution 384 --views 100 --device cuda
 """
@@ -57,6 +59,15 @@ def mesh(
         max=4096,
         help="Render size in pixels for fusion (default: 1.5 x --resolution, 128-1024).",
     ),
+    texture: bool = typer.Option(
+        False,
+        "--texture",
+        help="UV-unwrap the mesh and bake a texture map from the renders (sharper than vertex "
+        "colours): embedded in .glb; .obj writes <name>.png beside its .mtl. Not for .ply.",
+    ),
+    texture_size: int = typer.Option(
+        1024, "--texture-size", min=16, max=8192, help="Texture side in pixels (--texture)."
+    ),
     up: Up = ASSUME_UP,
     device: str = DEVICE,
 ) -> None:
@@ -64,18 +75,21 @@ def mesh(
 
     Renders depth and colour from many views, fuses them into a TSDF, extracts the surface
     (marching cubes), keeps the main parts, decimates to --faces and colours the vertices.
+    With --texture it also UV-unwraps the mesh and bakes a texture map from the renders.
 
     Examples:
 
       geolrm mesh out/model.ply -o out/mesh.glb
 
-      geolrm mesh out/model.ply -o out/mesh.obj --faces 20000
+      geolrm mesh out/model.ply -o out/mesh.glb --texture
+
+      geolrm mesh out/model.ply -o out/mesh.obj --faces 20000 --texture --texture-size 2048
 
       geolrm mesh out/model.ply -o out/mesh.ply --resolution 384 --views 100 --device cuda
     """
     from geolrm_cli.console import console, progress, resolve_device
     from pipelines.errors import InputError
-    from pipelines.mesh.export import MESH_FORMATS
+    from pipelines.mesh.export import MESH_FORMATS, check_texture_format
 
     if not model.exists():
         raise InputError(f"{model} does not exist; pass a Gaussian .ply or .splat file")
@@ -88,13 +102,21 @@ def mesh(
             f"-o {output}: unknown mesh format {output.suffix or '(none)'!r}; "
             f"use {', '.join(MESH_FORMATS)}"
         )
+    if texture:
+        check_texture_format(output)
     if output.exists() and output.is_dir():
         raise InputError(f"-o {output} is a folder; name a .glb, .obj or .ply file")
     if output.resolve() == model.resolve():
         raise InputError("-o would overwrite the input model; choose another path")
     dev = resolve_device(device)
 
-    from pipelines.mesh import default_image_size, extract_mesh, fuse_views, render_views
+    from pipelines.mesh import (
+        default_image_size,
+        extract_mesh,
+        fuse_views,
+        render_views,
+        texture_mesh,
+    )
     from pipelines.mesh.export import export_mesh
     from pipelines.splats.io import load_gaussians
 
@@ -104,11 +126,20 @@ def mesh(
         renders = render_views(g, views, size, dev, on_view=advance)
     with console.status(f"Fusing {views} views into a TSDF ({resolution} voxels wide)"):
         vol = fuse_views(renders, resolution, trunc, dev)
-    del renders
-    with console.status("Extracting, decimating and writing the mesh"):
+    if not texture:
+        del renders  # free them early; only the texture bake needs them
+    with console.status("Extracting and decimating the mesh"):
         result = extract_mesh(vol, faces=faces)
+    note = ""
+    if texture:
+        with console.status(f"Unwrapping and baking a {texture_size} px texture"):
+            result, baked = texture_mesh(result, renders, vol, texture_size)
+        note = f", {texture_size} px texture ({baked.seen_fraction:.1%} of texels seen)"
+    with console.status("Writing the mesh"):
         written = export_mesh(result, output)
     names = " + ".join(str(p) for p in written)
     console.print(
-        f"[green]done:[/] {len(result.faces):,} faces, {len(result.vertices):,} vertices -> {names}"
+        f"[green]done:[/] {len(result.faces):,} faces, {len(result.vertices):,} vertices{note} "
+        f"-> {names}",
+        soft_wrap=True,
     )
