@@ -13,7 +13,8 @@ Stages (each timed, with its peak memory): background removal and framing
 (:mod:`pipelines.multiview.zero123pp` or :mod:`pipelines.multiview.sv3d`), loading GeoLRM and
 reconstructing (:mod:`pipelines.reconstruct`, on the views written to ``views/`` with the
 rig's cameras in ``views/transforms.json``), optional refinement (``--refine N``), the outputs
-(``model.ply``, ``turntable.mp4``) and, with ``mesh``, ``mesh.glb``.
+(``model.ply``, ``turntable.mp4``) and, with ``mesh``, ``mesh.glb`` (with ``texture_size``:
+UV-mapped, with a texture baked from the renders).
 
 Output folder::
 
@@ -24,7 +25,7 @@ Output folder::
     model.ply          the Gaussians (z-up model frame: the rig's cameras are in it)
     cameras.json, model_frame.json   as written by `geolrm recon`
     turntable.mp4      unless video=False
-    mesh.glb           with mesh=True
+    mesh.glb           with mesh=True (texture embedded with texture_size)
 
 Everything is written into a hidden staging folder inside the output folder and moved into
 place at the end, so a failed run leaves the previous outputs (or nothing) behind.
@@ -103,6 +104,8 @@ class GenOptions:
         refine: refinement steps after GeoLRM (0 = none).
         video / video_frames / video_resolution / fps: the turntable.
         mesh / mesh_resolution / mesh_faces: ``mesh.glb``.
+        texture_size: with ``mesh``, UV-unwrap it and bake a square texture of this many
+            texels a side (None: vertex colours).
         up: up axis of ``model.ply`` for viewers (``-y``: the 3DGS / SuperSplat habit).
     """
 
@@ -133,6 +136,7 @@ class GenOptions:
     mesh: bool = False
     mesh_resolution: int = 256
     mesh_faces: int = 100_000
+    texture_size: int | None = None
     up: str = "-y"
 
     def get(self, key: str):
@@ -479,6 +483,12 @@ class Generator:
         rc.check_size(opts.get("size"))
         if not 0.0 < opts.foreground_ratio <= 1.0:
             raise InputError(f"--foreground-ratio must be in (0, 1], got {opts.foreground_ratio}")
+        if opts.texture_size is not None:
+            from pipelines.mesh.texture import check_texture_size
+
+            if not opts.mesh:
+                raise InputError("a mesh texture needs the mesh; add --mesh")
+            check_texture_size(opts.texture_size)
         backend = _Zero123pp if opts.mv == "zero123pp" else _SV3D
         # every weight file is resolved now: a missing one fails before any work is done
         self.mv = backend(opts, self.device, mv_dtype, opts.low_vram and cuda)
@@ -663,7 +673,8 @@ class Generator:
 
                 views_n = 60
                 on_stage(f"Mesh ({opts.mesh_resolution} voxels)", views_n)
-                with _measure(stats, "mesh", dev):
+                texture = opts.texture_size
+                with _measure(stats, "mesh" + (" + texture" if texture else ""), dev):
                     mesh = gaussians_to_mesh(
                         result.gaussians_model,
                         views=views_n,
@@ -671,6 +682,8 @@ class Generator:
                         faces=opts.mesh_faces,
                         device=dev,
                         on_view=lambda *_a: step(1),
+                        texture_size=texture,
+                        on_texture=lambda: on_stage(f"Mesh texture ({texture} px)", None),
                     )
                     export_mesh(mesh, stage_dir / "mesh.glb")
             files = _move_into(stage_dir, out_dir)

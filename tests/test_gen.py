@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import tiny_multiview as tm
 import torch
+import trimesh
 from conftest import assert_one_line_error
 from PIL import Image
 
@@ -69,7 +70,7 @@ def tiny(z123_dir, unet_file) -> list[str]:
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, z123_dir, unet_file) -> Path:
-    """One complete run: video and mesh, default six views."""
+    """One complete run: video and textured mesh, default six views."""
     import sys
 
     from geolrm_cli.app import app
@@ -79,6 +80,7 @@ def full_run(tmp_path_factory, z123_dir, unet_file) -> Path:
     args = ["--mv-weights", str(z123_dir), "--unet", str(unet_file), *GEOLRM]
     args += ["--steps", "2", "--tile", str(tm.TILE), "--video-frames", "3"]
     args += ["--video-resolution", "32", "--mesh", "--mesh-resolution", "24"]
+    args += ["--texture", "--texture-size", "64"]
     mp = pytest.MonkeyPatch()
     mp.setattr(sys, "argv", ["geolrm", "gen", str(PHOTO), "-o", str(out), *args])
     torch.set_num_threads(1)
@@ -124,7 +126,9 @@ def test_outputs(full_run: Path) -> None:
     # written for viewers in the 3DGS y-down habit (world +z becomes file -y)
     assert loaded.world_to_file[:3, 2].tolist() == [0.0, -1.0, 0.0]
     assert read_video(full_run / "turntable.mp4").shape[:3] == (3, 32, 32)
-    assert (full_run / "mesh.glb").stat().st_size > 0
+    mesh = trimesh.load(full_run / "mesh.glb", force="mesh", process=False)
+    assert len(mesh.faces) > 0 and mesh.visual.kind == "texture"  # --texture
+    assert mesh.visual.material.baseColorTexture.size == (64, 64)
     assert not [p for p in full_run.iterdir() if p.name.startswith(".")]  # staging removed
 
 
@@ -276,6 +280,17 @@ def test_bad_options(tmp_path, tiny, cli) -> None:
     code, _, err = cli("gen", tmp_path / "missing.png", "-o", tmp_path / "o", *tiny)
     assert code == 2
     assert_one_line_error(err, "no such file")
+
+
+def test_texture_options() -> None:
+    """A texture needs the mesh, and a sane size; both are checked before any work."""
+    from pipelines.errors import InputError
+    from pipelines.generate import Generator, GenOptions
+
+    with pytest.raises(InputError, match="add --mesh"):
+        Generator(GenOptions(texture_size=64))
+    with pytest.raises(InputError, match="--texture-size"):
+        Generator(GenOptions(mesh=True, texture_size=4))
 
 
 # ------------------------------------------------------------------ SV3D

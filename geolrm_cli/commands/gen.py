@@ -6,6 +6,8 @@ Examples:
 
   geolrm gen photos/ -o out/ --mesh
 
+  geolrm gen photo.png -o out/ --texture
+
   geolrm gen photo.png --mv sv3d --elevation 5 -o out/
 """
 
@@ -154,6 +156,14 @@ def gen(
     mesh_resolution: int = typer.Option(
         256, "--mesh-resolution", min=16, help="Mesh TSDF voxels along the object's box."
     ),
+    texture: bool = typer.Option(
+        False,
+        "--texture",
+        help="UV-unwrap mesh.glb and bake a texture map from the renders (implies --mesh).",
+    ),
+    texture_size: int = typer.Option(
+        1024, "--texture-size", min=16, max=8192, help="Texture side in pixels (--texture)."
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Folder input: redo photos whose outputs already exist."
     ),
@@ -165,7 +175,7 @@ def gen(
 ) -> None:
     """Turn one photo into a 3D asset: background removal, multi-view diffusion, GeoLRM.
 
-    Writes into the output folder: input.png (the framed photo), views.png (every generated view), views/ (the views GeoLRM used with their transforms.json, so `geolrm recon OUT/views` reruns the last stage), model.ply, cameras.json, model_frame.json, turntable.mp4 (unless --no-video) and mesh.glb (with --mesh). A folder of photos writes one subfolder per photo and skips those already done (unless --overwrite).
+    Writes into the output folder: input.png (the framed photo), views.png (every generated view), views/ (the views GeoLRM used with their transforms.json, so `geolrm recon OUT/views` reruns the last stage), model.ply, cameras.json, model_frame.json, turntable.mp4 (unless --no-video) and mesh.glb (with --mesh; textured with --texture). A folder of photos writes one subfolder per photo and skips those already done (unless --overwrite).
 
     Weights come from the registry (`geolrm weights download zero123pp instantmesh-unet geolrm u2net --accept-license`); nothing is downloaded here.
 
@@ -175,6 +185,8 @@ def gen(
 
       geolrm gen photos/ -o out/ --mesh
 
+      geolrm gen photo.png -o out/ --texture
+
       geolrm gen photo.png --mv sv3d --elevation 5 -o out/
     """
     from geolrm_cli.console import console, error_line, resolve_device
@@ -182,6 +194,7 @@ def gen(
     from pipelines.generate import Generator, GenOptions, finished, list_photos, output_folders
 
     dev = resolve_device(device)
+    mesh = mesh or texture
     if not photo.exists():
         raise InputError(f"{photo}: no such file or folder; pass a photo or a folder of photos")
     if photo.is_dir():
@@ -220,6 +233,7 @@ def gen(
         fps=fps,
         mesh=mesh,
         mesh_resolution=mesh_resolution,
+        texture_size=texture_size if texture else None,
         up=up.value,
     )
     generator = Generator(opts)  # checks options and weights before any work
