@@ -22,3 +22,21 @@ ASSUME_UP = typer.Option(
     "geolrm's own files record their frame.",
 )
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
+
+MESH = typer.Option(
+    False,
+    "--mesh",
+    help="Also write mesh.glb (TSDF fusion; surface the input views never saw is "
+    "membrane-filled). Same as `geolrm mesh OUT/model.ply` afterwards.",
+)
+MESH_RESOLUTION = typer.Option(
+    256, "--mesh-resolution", min=16, max=1024, help="Mesh TSDF voxels along the object's box."
+)
+TEXTURE = typer.Option(
+    False,
+    "--texture",
+    help="UV-unwrap mesh.glb and bake a texture map from the renders (implies --mesh).",
+)
+TEXTURE_SIZE = typer.Option(
+    1024, "--texture-size", min=16, max=8192, help="Texture side in pixels (--texture)."
+)

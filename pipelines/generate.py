@@ -684,6 +684,7 @@ class Generator:
                         on_view=lambda *_a: step(1),
                         texture_size=texture,
                         on_texture=lambda: on_stage(f"Mesh texture ({texture} px)", None),
+                        cameras=result.cameras_model,
                     )
                     export_mesh(mesh, stage_dir / "mesh.glb")
             files = _move_into(stage_dir, out_dir)

@@ -86,6 +86,7 @@ OUTPUT_NAMES = {
     "transform": "model_frame.json",
     "raw": "raw.safetensors",
     "video": "turntable.mp4",
+    "mesh": "mesh.glb",
 }
 _IMAGE_SUFFIXES = {e.lower() for e in IMAGE_EXTENSIONS}
 _IDENTITY = torch.eye(4, dtype=torch.float64)
@@ -545,23 +546,42 @@ def reconstruct(
 # outputs
 
 
-def output_paths(out_dir: PathLike, save_raw: bool = False, video: bool = True) -> list[Path]:
+@dataclass
+class MeshSpec:
+    """The mesh :func:`write_outputs` adds as ``mesh.glb`` (``--mesh``): the Gaussians fused
+    into a TSDF (:func:`pipelines.mesh.gaussians_to_mesh`, with the input cameras for the
+    unseen-surface fill), optionally textured."""
+
+    resolution: int = 256
+    faces: int = 100_000
+    views: int = 60
+    texture_size: int | None = None
+
+
+def output_paths(
+    out_dir: PathLike, save_raw: bool = False, video: bool = True, mesh: bool = False
+) -> list[Path]:
     """The files :func:`write_outputs` writes into ``out_dir``."""
     out_dir = Path(out_dir)
     keys = ["ply", "cameras", "transform"] + (["raw"] if save_raw else [])
     keys += ["video"] if video else []
+    keys += ["mesh"] if mesh else []
     return [out_dir / OUTPUT_NAMES[k] for k in keys]
 
 
 def check_output_dir(
-    out_dir: PathLike, protect: Sequence[PathLike] = (), save_raw: bool = False, video: bool = True
+    out_dir: PathLike,
+    protect: Sequence[PathLike] = (),
+    save_raw: bool = False,
+    video: bool = True,
+    mesh: bool = False,
 ) -> None:
     """Refuse an output folder that is a file, or whose outputs would overwrite an input."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"-o {out_dir} is a file; pass a folder for the outputs")
     inputs = {Path(p).resolve() for p in protect}
-    for p in output_paths(out_dir, save_raw, video):
+    for p in output_paths(out_dir, save_raw, video, mesh):
         if p.resolve() in inputs:
             raise InputError(f"writing {p} would overwrite an input file; choose another -o folder")
 
@@ -613,6 +633,8 @@ def write_outputs(
     protect: Sequence[PathLike] = (),
     on_video_frame: Callable[[], None] | None = None,
     up: str | None = None,
+    mesh: MeshSpec | None = None,
+    on_mesh_view: Callable[[int], None] | None = None,
 ) -> list[Path]:
     """Write the outputs; all or nothing.
 
@@ -621,7 +643,8 @@ def write_outputs(
     viewers with that up axis, e.g. ``"-y"`` for views from a generator rig), ``cameras.json`` (nerfstudio transforms of the cameras used, user
     frame), ``model_frame.json`` (the similarity ``M``), with ``save_raw`` ``raw.safetensors``
     (anchors, occupancy logits, raw Gaussians, model frame), with ``video`` ``turntable.mp4``
-    (model frame, z-up, elevation 20 deg).
+    (model frame, z-up, elevation 20 deg), with ``mesh`` ``mesh.glb`` (user frame taken as
+    z-up, as ``geolrm mesh model.ply`` reads it; ``on_mesh_view`` reports the fusion renders).
 
     Everything is written into a hidden staging folder inside ``out_dir`` and renamed into
     place at the end: a failure or an interrupt leaves no partial file (and removes
@@ -636,8 +659,8 @@ def write_outputs(
     from pipelines.splats.ply import save_ply
 
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, protect, save_raw, video)
-    targets = output_paths(out_dir, save_raw, video)
+    check_output_dir(out_dir, protect, save_raw, video, mesh is not None)
+    targets = output_paths(out_dir, save_raw, video, mesh is not None)
     created = []
     for parent in (out_dir, *out_dir.parents):
         if parent.exists():
@@ -678,6 +701,8 @@ def write_outputs(
                 device,
                 on_video_frame,
             )
+        if mesh is not None:
+            _write_mesh(stage / OUTPUT_NAMES["mesh"], result, mesh, device, on_mesh_view)
         for target in targets:
             os.replace(stage / target.name, target)
     except BaseException:
@@ -690,6 +715,28 @@ def write_outputs(
         raise
     shutil.rmtree(stage, ignore_errors=True)
     return targets
+
+
+def _write_mesh(
+    path: Path,
+    result: ReconResult,
+    spec: MeshSpec,
+    device: str,
+    on_view: Callable[[int], None] | None,
+) -> None:
+    from pipelines.mesh import export_mesh, gaussians_to_mesh
+
+    mesh = gaussians_to_mesh(
+        result.gaussians,
+        views=spec.views,
+        resolution=spec.resolution,
+        faces=spec.faces,
+        device=device,
+        on_view=on_view,
+        texture_size=spec.texture_size,
+        cameras=result.cameras,
+    )
+    export_mesh(mesh, path)
 
 
 def _write_video(

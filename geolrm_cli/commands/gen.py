@@ -19,7 +19,7 @@ from pathlib import Path
 import typer
 
 from geolrm_cli.console import stages
-from geolrm_cli.options import DEVICE, Up
+from geolrm_cli.options import DEVICE, MESH, MESH_RESOLUTION, TEXTURE, TEXTURE_SIZE, Up
 
 
 class MultiView(str, Enum):
@@ -152,18 +152,10 @@ def gen(
         512, "--video-resolution", min=16, max=4096, help="Turntable size in pixels."
     ),
     fps: int = typer.Option(30, "--fps", min=1, help="Turntable frame rate."),
-    mesh: bool = typer.Option(False, "--mesh", help="Also write mesh.glb (TSDF fusion)."),
-    mesh_resolution: int = typer.Option(
-        256, "--mesh-resolution", min=16, help="Mesh TSDF voxels along the object's box."
-    ),
-    texture: bool = typer.Option(
-        False,
-        "--texture",
-        help="UV-unwrap mesh.glb and bake a texture map from the renders (implies --mesh).",
-    ),
-    texture_size: int = typer.Option(
-        1024, "--texture-size", min=16, max=8192, help="Texture side in pixels (--texture)."
-    ),
+    mesh: bool = MESH,
+    mesh_resolution: int = MESH_RESOLUTION,
+    texture: bool = TEXTURE,
+    texture_size: int = TEXTURE_SIZE,
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Folder input: redo photos whose outputs already exist."
     ),

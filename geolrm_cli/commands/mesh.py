@@ -6,6 +6,8 @@ Examples:
 
   geolrm mesh out/model.ply -o out/mesh.glb --texture
 
+  geolrm mesh model.ply --cameras views/transforms.json -o mesh.glb
+
   geolrm mesh out/model.ply -o out/mesh.obj --faces 20000 --texture --texture-size 2048
 
   geolrm mesh out/model.ply -o out/mesh.ply --resolution 384 --views 100 --device cuda
@@ -68,24 +70,42 @@ def mesh(
     texture_size: int = typer.Option(
         1024, "--texture-size", min=16, max=8192, help="Texture side in pixels (--texture)."
     ),
+    cameras: Path | None = typer.Option(
+        None,
+        "--cameras",
+        help="The input views' cameras (nerfstudio/NeRF transforms.json in the model's frame). "
+        "Surface none of them saw (e.g. the underside of an object filmed from above) is "
+        "replaced by a membrane spanning its seen border. Default: cameras.json beside the "
+        "model, as recon and gen write it.",
+    ),
+    fill: bool = typer.Option(
+        True,
+        "--fill-unseen/--keep-unseen",
+        help="Membrane-fill surface the input views never saw (needs their cameras), or keep "
+        "the fused shape there.",
+    ),
     up: Up = ASSUME_UP,
     device: str = DEVICE,
 ) -> None:
     """Turn Gaussians into a coloured triangle mesh (.glb, .obj + .mtl, or .ply).
 
-    Renders depth and colour from many views, fuses them into a TSDF, extracts the surface
-    (marching cubes), keeps the main parts, decimates to --faces and colours the vertices.
-    With --texture it also UV-unwraps the mesh and bakes a texture map from the renders.
+      Renders depth and colour from many views, fuses them into a TSDF, extracts the surface
+      (marching cubes), keeps the main parts, decimates to --faces and colours the vertices.
+      When the input views' cameras are known (--cameras, or cameras.json beside the model),
+      surface they never saw is replaced by a membrane spanning its seen border.
+      With --texture it also UV-unwraps the mesh and bakes a texture map from the renders.
 
-    Examples:
+      Examples:
 
-      geolrm mesh out/model.ply -o out/mesh.glb
+        geolrm mesh out/model.ply -o out/mesh.glb
 
-      geolrm mesh out/model.ply -o out/mesh.glb --texture
+        geolrm mesh out/model.ply -o out/mesh.glb --texture
 
-      geolrm mesh out/model.ply -o out/mesh.obj --faces 20000 --texture --texture-size 2048
+    geolrm mesh model.ply --cameras views/transforms.json -o mesh.glb
 
-      geolrm mesh out/model.ply -o out/mesh.ply --resolution 384 --views 100 --device cuda
+        geolrm mesh out/model.ply -o out/mesh.obj --faces 20000 --texture --texture-size 2048
+
+        geolrm mesh out/model.ply -o out/mesh.ply --resolution 384 --views 100 --device cuda
     """
     from geolrm_cli.console import console, progress, resolve_device
     from pipelines.errors import InputError
@@ -108,11 +128,17 @@ def mesh(
         raise InputError(f"-o {output} is a folder; name a .glb, .obj or .ply file")
     if output.resolve() == model.resolve():
         raise InputError("-o would overwrite the input model; choose another path")
+    if cameras is not None and not fill:
+        raise InputError("--cameras is only used to fill unseen surface; drop --keep-unseen")
+    if cameras is None and fill and model.with_name("cameras.json").is_file():
+        cameras = model.with_name("cameras.json")
     dev = resolve_device(device)
 
+    from pipelines.cameras import load_transforms
     from pipelines.mesh import (
         default_image_size,
         extract_mesh,
+        fill_unseen,
         fuse_views,
         render_views,
         texture_mesh,
@@ -121,6 +147,7 @@ def mesh(
     from pipelines.splats.io import load_gaussians
 
     g = load_gaussians(model, assume_up=up.value)
+    input_cams = None if cameras is None else load_transforms(cameras, require_images=False)
     size = image_size or default_image_size(resolution)
     with progress(f"Rendering {len(g):,} Gaussians ({size} px)", views) as advance:
         renders = render_views(g, views, size, dev, on_view=advance)
@@ -131,10 +158,15 @@ def mesh(
     with console.status("Extracting and decimating the mesh"):
         result = extract_mesh(vol, faces=faces)
     note = ""
+    if input_cams is not None:
+        with console.status(f"Filling surface the {len(input_cams)} input views never saw"):
+            filled = fill_unseen(result, g, input_cams, device=dev)
+        result = filled.mesh
+        note = f", {filled.filled.mean():.1%} of vertices unseen by {cameras.name} and filled"
     if texture:
         with console.status(f"Unwrapping and baking a {texture_size} px texture"):
             result, baked = texture_mesh(result, renders, vol, texture_size)
-        note = f", {texture_size} px texture ({baked.seen_fraction:.1%} of texels seen)"
+        note += f", {texture_size} px texture ({baked.seen_fraction:.1%} of texels seen)"
     with console.status("Writing the mesh"):
         written = export_mesh(result, output)
     names = " + ".join(str(p) for p in written)

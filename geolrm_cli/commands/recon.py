@@ -6,6 +6,8 @@ Examples:
 
   geolrm recon examples/spot/transforms_train.json --method optimize -o out/
 
+      geolrm recon examples/spot/transforms_train.json --method optimize --mesh -o out/
+
   geolrm recon data/transforms.json -o out/ --no-video
 
   geolrm recon zero123pp_views/ --cameras zero123pp -o out/
@@ -22,7 +24,7 @@ from pathlib import Path
 import typer
 
 from geolrm_cli.console import stages
-from geolrm_cli.options import DEVICE
+from geolrm_cli.options import DEVICE, MESH, MESH_RESOLUTION, TEXTURE, TEXTURE_SIZE
 from pipelines.errors import InputError
 
 
@@ -96,6 +98,10 @@ def recon(
         512, "--video-resolution", min=16, max=4096, help="Turntable size in pixels."
     ),
     fps: int = typer.Option(30, "--fps", min=1, help="Turntable frame rate."),
+    mesh: bool = MESH,
+    mesh_resolution: int = MESH_RESOLUTION,
+    texture: bool = TEXTURE,
+    texture_size: int = TEXTURE_SIZE,
     rig_elevation: float = typer.Option(
         10.0, "--rig-elevation", help="Elevation in degrees of the sv3d rig's views."
     ),
@@ -138,7 +144,7 @@ def recon(
 
     With --method optimize no network is used: the object is carved from the views' alpha masks (visual hull), Gaussians are sampled on it and fitted to the views (L1 + D-SSIM + mask loss, densification and pruning) for --iterations steps at --resolution pixels. --refine N does the same fit starting from GeoLRM's Gaussians.
 
-    Writes into the output folder: model.ply (standard 3DGS layout, in the input cameras' frame, so `geolrm render out/model.ply --cameras cams.json` lines up with the photos), turntable.mp4 (unless --no-video), cameras.json (the cameras used), model_frame.json (the similarity to the model's frame) and, with --save-raw, raw.safetensors. Nothing is written when something fails.
+    Writes into the output folder: model.ply (standard 3DGS layout, in the input cameras' frame, so `geolrm render out/model.ply --cameras cams.json` lines up with the photos), turntable.mp4 (unless --no-video), cameras.json (the cameras used), model_frame.json (the similarity to the model's frame), with --mesh mesh.glb (as `geolrm mesh out/model.ply` would write it, with the input cameras for its unseen-surface fill; textured with --texture) and, with --save-raw, raw.safetensors. Nothing is written when something fails.
 
     Examples:
 
@@ -147,6 +153,8 @@ def recon(
       geolrm recon data/transforms.json -o out/ --no-video
 
       geolrm recon examples/spot/transforms_train.json --method optimize -o out/
+
+      geolrm recon examples/spot/transforms_train.json --method optimize --mesh -o out/
 
       geolrm recon views/ --cameras cams.json --refine 300 -o out/
 
@@ -180,7 +188,13 @@ def recon(
         protect.append(views)
     elif cameras is None:
         protect.append(views / "transforms.json")
-    rc.check_output_dir(output, protect, save_raw, video)
+    mesh = mesh or texture
+    spec = None
+    if mesh:
+        spec = rc.MeshSpec(
+            resolution=mesh_resolution, texture_size=texture_size if texture else None
+        )
+    rc.check_output_dir(output, protect, save_raw, video, mesh)
     if optimize:
         from pipelines.optimize import check_masks
 
@@ -245,6 +259,16 @@ def recon(
                 video_started = True
             advance()
 
+        mesh_started = False
+
+        def on_mesh_view(n: int) -> None:
+            nonlocal mesh_started
+            if not mesh_started:
+                views = rc.MeshSpec().views
+                start(f"Mesh: rendering {views} views for a {mesh_resolution}-voxel TSDF", views)
+                mesh_started = True
+            advance(n)
+
         written = rc.write_outputs(
             result,
             output,
@@ -256,6 +280,8 @@ def recon(
             device=dev,
             protect=protect,
             on_video_frame=on_frame if video else None,
+            mesh=spec,
+            on_mesh_view=on_mesh_view if mesh else None,
         )
     m = result.model_from_user
     frame = "model frame" if bool((m == _eye()).all()) else "input frame, mapped back"

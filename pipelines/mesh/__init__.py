@@ -13,7 +13,10 @@
    :func:`~pipelines.mesh.tsdf.solid_tsdf` (interiors a few views saw through stay solid),
    main components, quadric decimation to the face budget, vertex colours from the fused
    colour volume;
-5. optionally (``texture_size``) :func:`~pipelines.mesh.texture.texture_mesh`: UV unwrap
+5. when the input views' cameras are given, :func:`~pipelines.mesh.unseen.fill_unseen`: surface
+   those views never saw (and whose Gaussians they never saw either), such as the visual hull's
+   cone under an object filmed from above, becomes a membrane spanning its seen border;
+6. optionally (``texture_size``) :func:`~pipelines.mesh.texture.texture_mesh`: UV unwrap
    (xatlas) and a texture map baked from the same renders.
 
 :func:`~pipelines.mesh.export.export_mesh` writes ``.glb`` / ``.obj`` + ``.mtl`` / ``.ply``.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,7 +42,11 @@ from pipelines.mesh.extract import (
 )
 from pipelines.mesh.texture import bake_texture, check_texture_size, texture_mesh, unwrap
 from pipelines.mesh.tsdf import TSDFVolume, integrate_numba, integrate_torch
+from pipelines.mesh.unseen import fill_unseen
 from pipelines.splats.gaussians import Gaussians
+
+if TYPE_CHECKING:
+    from pipelines.cameras import Cameras
 
 __all__ = [
     "FusionViews",
@@ -51,6 +59,7 @@ __all__ = [
     "export_mesh",
     "extract_mesh",
     "fibonacci_directions",
+    "fill_unseen",
     "fuse_gaussians",
     "fuse_views",
     "gaussians_to_mesh",
@@ -321,6 +330,7 @@ def gaussians_to_mesh(
     on_view: Callable[[int], None] | None = None,
     texture_size: int | None = None,
     on_texture: Callable[[], None] | None = None,
+    cameras: Cameras | None = None,
 ):
     """Gaussians -> coloured triangle mesh (``trimesh.Trimesh``, z-up world like ``g``).
 
@@ -339,6 +349,9 @@ def gaussians_to_mesh(
             from the renders (:func:`~pipelines.mesh.texture.texture_mesh`); the mesh then has
             UVs and a texture instead of vertex colours. None: vertex colours only.
         on_texture: called when the texture step starts (progress).
+        cameras: the input views' cameras (in ``g``'s frame), if known: surface they never saw
+            is replaced by a membrane over its seen border
+            (:func:`~pipelines.mesh.unseen.fill_unseen`), before any texture is baked.
 
     Raises:
         InputError: bad options, or nothing to mesh.
@@ -353,6 +366,8 @@ def gaussians_to_mesh(
     fv = render_views(g, views, size, device, on_view=on_view)
     vol = fuse_views(fv, resolution, trunc_voxels, device)
     mesh = extract_mesh(vol, faces=faces, min_component=min_component)
+    if cameras is not None:
+        mesh = fill_unseen(mesh, g, cameras, device=device).mesh
     if texture_size is None:
         return mesh
     if on_texture is not None:

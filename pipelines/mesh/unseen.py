@@ -1,0 +1,264 @@
+"""Surface no input view saw: find it, and replace it by a membrane spanning its seen border.
+
+Fusion views circle the whole object, but the input views usually do not: a 10 degree orbit never
+sees the underside of a bottle. There the Gaussians (and so the fused mesh) keep whatever the
+visual hull left, a cone hanging below the true bottom. No input image says what the surface
+does there, so a prior has to: the smoothest surface spanning the seen border, i.e. the discrete
+harmonic surface (each unseen vertex the mean of its neighbours; a flat disc for a flat rim).
+
+* :func:`seen_vertices` tests each vertex against depth maps rendered at the input cameras;
+* :func:`membrane_fill` solves the graph Laplace equation for the unseen vertices' positions
+  (and colours), the seen ones held fixed;
+* :func:`fill_unseen` chains both for a mesh fused from Gaussians.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipelines.cameras import Cameras
+from pipelines.splats.gaussians import Gaussians
+
+__all__ = [
+    "UnseenFill",
+    "fill_unseen",
+    "membrane_fill",
+    "render_input_depth",
+    "seen_vertices",
+    "unseen_patches",
+]
+
+#: A vertex counts as seen when its depth is within this fraction of the object's radius of the
+#: depth rendered at that pixel.
+DEFAULT_TOLERANCE = 0.02
+#: An unseen patch is filled when the median visible fraction of its Gaussians is below this.
+DEFAULT_MAX_SUPPORT = 0.15
+
+
+def seen_vertices(
+    points: torch.Tensor,
+    normals: torch.Tensor,
+    depth: torch.Tensor,
+    alpha: torch.Tensor,
+    c2w: torch.Tensor,
+    K: torch.Tensor,
+    tol: float,
+    min_alpha: float = 0.5,
+    min_cos: float = 0.1,
+) -> torch.Tensor:
+    """Which points some view sees: in front of the camera, inside its image, facing it (not at
+    a grazing angle), on an
+    opaque pixel whose rendered depth matches the point's own.
+
+    The depth test allows ``tol`` plus the depth change across one pixel of a surface as
+    oblique as the point's normal (its pixel footprint times the tangent of the viewing angle,
+    capped at 4), so grazing views of a smooth surface still count.
+
+    Args:
+        points: ``[N, 3]`` world positions.
+        normals: ``[N, 3]`` outward unit normals.
+        depth: ``[V, H, W]`` camera z (positive along the optical axis) per pixel.
+        alpha: ``[V, H, W]`` accumulated opacity per pixel.
+        c2w: ``[V, 4, 4]`` OpenGL camera-to-world (the camera looks down its -z, y up).
+        K: ``[V, 3, 3]`` intrinsics in pixels (pixel centres at ``i + 0.5``).
+        tol: depth tolerance in world units (for a surface facing the camera).
+        min_alpha: pixels below this opacity are background.
+        min_cos: a view sees a point only within ``acos(min_cos)`` of its normal (84 deg).
+
+    Returns:
+        ``[N]`` bool.
+    """
+    points = points.to(torch.float32)
+    normals = normals.to(torch.float32)
+    _, h, w = depth.shape
+    seen = torch.zeros(len(points), dtype=torch.bool)
+    for v in range(len(c2w)):
+        rot, origin = c2w[v, :3, :3].float(), c2w[v, :3, 3].float()
+        cam = (points - origin) @ rot  # world -> camera (rows are camera axes)
+        z = -cam[:, 2]
+        ok = z > 1e-6
+        zs = torch.where(ok, z, torch.ones_like(z))
+        col = (K[v, 0, 0] * cam[:, 0] / zs + K[v, 0, 2]).floor()
+        row = (-K[v, 1, 1] * cam[:, 1] / zs + K[v, 1, 2]).floor()
+        ok &= (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        c = col.clamp(0, w - 1).long()
+        r = row.clamp(0, h - 1).long()
+        ok &= alpha[v, r, c] >= min_alpha
+        to_cam = origin - points
+        cos = (to_cam * normals).sum(-1) / to_cam.norm(dim=-1).clamp_min(1e-12)
+        ok &= cos > min_cos
+        # one pixel's footprint at the point, times the slope of an oblique surface (capped)
+        slope = ((1.0 - cos * cos).clamp_min(0.0).sqrt() / cos.clamp_min(1e-6)).clamp_max(4.0)
+        ok &= (depth[v, r, c] - z).abs() <= tol + zs / K[v, 0, 0] * slope
+        seen |= ok
+    return seen
+
+
+def membrane_fill(
+    verts: np.ndarray, faces: np.ndarray, fixed: np.ndarray, values: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Harmonic fill: every free vertex becomes the mean of its edge neighbours.
+
+    Solves the uniform graph Laplace equation ``L x = 0`` on the free vertices with the fixed
+    ones as boundary values, for the positions and (optionally) per-vertex values such as
+    colours. A component of the mesh without any fixed vertex is left as it is.
+
+    Args:
+        verts: ``[N, 3]`` float vertex positions.
+        faces: ``[F, 3]`` int triangle indices.
+        fixed: ``[N]`` bool, True where the vertex keeps its position.
+        values: optional ``[N, C]`` float per-vertex values, filled the same way.
+
+    Returns:
+        ``(verts [N, 3] float64, values [N, C] float64 or None)``.
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+    from scipy.sparse.linalg import splu
+
+    n = len(verts)
+    x = np.asarray(verts, dtype=np.float64).copy()
+    vals = None if values is None else np.asarray(values, dtype=np.float64).copy()
+    f = np.asarray(faces, dtype=np.int64)
+    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    edges = np.concatenate([edges, edges[:, ::-1]])
+    adj = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
+    adj.data[:] = 1.0  # an edge shared by two faces counts once
+    fixed = np.asarray(fixed, dtype=bool).copy()
+    _, comp = connected_components(adj, directed=False)
+    anchored = np.bincount(comp, weights=fixed.astype(np.float64)) > 0
+    fixed |= ~anchored[comp]  # nothing to span: leave such components alone
+    free = np.flatnonzero(~fixed)
+    if len(free) == 0:
+        return x, vals
+    keep = np.flatnonzero(fixed)
+    lap = (sp.diags(np.asarray(adj.sum(1)).ravel()) - adj).tocsr()
+    rhs = x[keep] if vals is None else np.concatenate([x[keep], vals[keep]], 1)
+    solved = splu(lap[free][:, free].tocsc()).solve(-(lap[free][:, keep] @ rhs))
+    x[free] = solved[:, :3]
+    if vals is not None:
+        vals[free] = solved[:, 3:]
+    return x, vals
+
+
+def render_input_depth(
+    g: Gaussians, cameras: Cameras, size: int = 256, device: str = "cpu", batch: int = 8
+) -> tuple[torch.Tensor, torch.Tensor, Cameras]:
+    """Render ``g``'s depth and opacity at the input cameras, longest side ``size`` pixels.
+
+    Returns:
+        ``(depth [V, H, W], alpha [V, H, W], cameras resized to H x W)``, on the CPU.
+    """
+    from pipelines.raster import rasterize
+
+    s = size / max(cameras.width, cameras.height)
+    cams = cameras.resized(max(1, round(cameras.width * s)), max(1, round(cameras.height * s)))
+    gd = g.detach().to(device)
+    depth, alpha = [], []
+    with torch.no_grad():
+        for start in range(0, len(cams.c2w), batch):
+            idx = slice(start, start + batch)
+            out = rasterize(
+                gd, cams.c2w[idx].to(device), cams.K[idx].to(device), cams.width, cams.height
+            )
+            depth.append(out.depth[..., 0].cpu())
+            alpha.append(out.alpha[..., 0].cpu())
+    return torch.cat(depth), torch.cat(alpha), cams
+
+
+def unseen_patches(faces: np.ndarray, unseen: np.ndarray) -> np.ndarray:
+    """``[N]`` int patch label of each vertex: connected components of the unseen vertices
+    (through edges between two unseen vertices); -1 for seen vertices."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(unseen)
+    f = np.asarray(faces, dtype=np.int64)
+    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    edges = edges[unseen[edges[:, 0]] & unseen[edges[:, 1]]]
+    graph = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return np.where(unseen, labels, -1)
+
+
+@dataclass
+class UnseenFill:
+    """What :func:`fill_unseen` returns.
+
+    Attributes:
+        mesh: the filled ``trimesh.Trimesh``.
+        unseen: ``[N]`` bool, vertices no input view saw (by :func:`seen_vertices`).
+        filled: ``[N]`` bool, the unseen vertices that were membrane-filled (those in patches
+            whose Gaussians the views hardly saw either).
+    """
+
+    mesh: object
+    unseen: np.ndarray
+    filled: np.ndarray
+
+
+def fill_unseen(
+    mesh,
+    g: Gaussians,
+    cameras: Cameras,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_support: float = DEFAULT_MAX_SUPPORT,
+    size: int = 256,
+    device: str = "cpu",
+) -> UnseenFill:
+    """Replace the parts of ``mesh`` that the input cameras never saw by a membrane spanning
+    their seen border.
+
+    1. :func:`seen_vertices` against ``g``'s depth rendered at ``cameras`` (the Gaussians the
+       mesh was fused from; the input images are not needed);
+    2. the unseen vertices form patches (:func:`unseen_patches`); a patch is filled only when
+       the Gaussians under it were hidden in the views too: the median, over its vertices, of
+       the largest visible fraction (:func:`~pipelines.raster.visibility.view_contributions`) of
+       the 8 nearest Gaussians is below ``max_support``. A patch the views saw edge-on, such as
+       the belly of an animal filmed from slightly above, keeps the fitted shape: its Gaussians
+       were shaped by the silhouettes;
+    3. :func:`membrane_fill` of positions and vertex colours.
+
+    Args:
+        mesh: ``trimesh.Trimesh`` in ``g``'s frame (e.g. from :func:`~pipelines.mesh.extract_mesh`).
+        g: the Gaussians.
+        cameras: the input views' cameras, in ``g``'s frame.
+        tolerance: depth tolerance as a fraction of the object's bounding radius.
+        max_support: patches whose Gaussians' median visible fraction reaches this are kept.
+        size: render size (longest side) for the visibility tests.
+        device: where to render.
+    """
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    from pipelines.mesh import object_box
+    from pipelines.raster.visibility import view_contributions
+
+    _, _, _, radius = object_box(g)
+    depth, alpha, cams = render_input_depth(g, cameras, size, device)
+    verts = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    normals = torch.tensor(np.array(mesh.vertex_normals), dtype=torch.float32)
+    seen = seen_vertices(
+        torch.from_numpy(verts), normals, depth, alpha, cams.c2w, cams.K, tolerance * radius
+    ).numpy()
+    unseen = ~seen
+    filled = np.zeros_like(unseen)
+    if unseen.any():
+        gd = g.detach().to(device)
+        _, fraction = view_contributions(gd, cams.c2w, cams.K, cams.width, cams.height)
+        _, nearest = cKDTree(g.means.detach().cpu().numpy()).query(verts, k=min(8, len(g)))
+        support = fraction.cpu().numpy()[nearest.reshape(len(verts), -1)].max(1)
+        labels = unseen_patches(faces, unseen)
+        for patch in np.unique(labels[unseen]):
+            members = labels == patch
+            if np.median(support[members]) < max_support:
+                filled |= members
+    colors = np.asarray(mesh.visual.vertex_colors, dtype=np.float64)
+    new_verts, new_colors = membrane_fill(verts, faces, ~filled, colors)
+    rgba = np.clip(np.round(new_colors), 0, 255).astype(np.uint8)
+    out = trimesh.Trimesh(new_verts, faces, vertex_colors=rgba, process=False)
+    return UnseenFill(out, unseen, filled)
