@@ -8,7 +8,9 @@ training views) and masked PSNR (pixels where the test view's alpha >= 0.5), plu
 average. Targets: <= 300 s per object, mean PSNR >= 34 dB.
 
 Unless ``--no-mesh``, the fitted Gaussians are also meshed with the library defaults
-(``pipelines.mesh.gaussians_to_mesh``: 60 views, 256^3 TSDF, 100k faces) and compared with the
+(``pipelines.mesh.gaussians_to_mesh``: 60 views, 256^3 TSDF, 100k faces, then
+``fill_unseen`` with the 21 training cameras, as ``geolrm mesh`` does with the ``cameras.json``
+that recon writes; ``*_unfilled`` are the numbers before that step) and compared with the
 ground-truth surface samples ``points.npy`` (Chamfer distance and F-score at 0.01 on 100k mesh
 samples, ``pipelines.evaluate``), next to the visual hull of the same 21 masks (160^3, marching
 cubes). Targets: Chamfer <= 0.7 x the issue's reference hull numbers (spot 0.0045, avocado
@@ -83,14 +85,18 @@ def mesh_metrics(gaussians, cams, folder: Path) -> dict:
     import numpy as np
 
     from pipelines.evaluate import chamfer_fscore, sample_mesh_points
-    from pipelines.mesh import gaussians_to_mesh
+    from pipelines.mesh import fill_unseen, gaussians_to_mesh
     from pipelines.optimize import carve_visual_hull, load_masks
 
     gt = np.load(folder / "points.npy")
     t = time.perf_counter()
-    mesh = gaussians_to_mesh(gaussians)
+    fused = gaussians_to_mesh(gaussians)
     mesh_s = time.perf_counter() - t
-    ours = chamfer_fscore(sample_mesh_points(mesh, 100_000), gt)
+    t = time.perf_counter()
+    filled = fill_unseen(fused, gaussians, cams)
+    fill_s = time.perf_counter() - t
+    ours = chamfer_fscore(sample_mesh_points(filled.mesh, 100_000), gt)
+    unfilled = chamfer_fscore(sample_mesh_points(fused, 100_000), gt)
 
     import trimesh
     from skimage.measure import marching_cubes
@@ -105,8 +111,12 @@ def mesh_metrics(gaussians, cams, folder: Path) -> dict:
     ref = HULL_CHAMFER.get(folder.name)
     return {
         "mesh_s": round(mesh_s, 1),
+        "fill_s": round(fill_s, 1),
+        "filled": round(float(filled.filled.mean()), 4),
         "chamfer": round(ours["chamfer"], 5),
         "fscore": round(ours["fscore"], 4),
+        "chamfer_unfilled": round(unfilled["chamfer"], 5),
+        "fscore_unfilled": round(unfilled["fscore"], 4),
         "hull_chamfer": round(hull_m["chamfer"], 5),
         "hull_fscore": round(hull_m["fscore"], 4),
         "chamfer_vs_ref_hull": round(ours["chamfer"] / ref, 3) if ref else None,

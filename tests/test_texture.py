@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +33,8 @@ trimesh = pytest.importorskip("trimesh")
 pytest.importorskip("xatlas")
 
 R = 0.3  # sphere radius of the analytic scene
+
+SPOT_TRAIN = Path(__file__).resolve().parents[1] / "examples" / "spot" / "transforms_train.json"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -408,3 +411,18 @@ def test_cli_mesh_texture_refuses_ply(cli, sphere_ply, tmp_path):
     assert code == 2  # click's usage error
     assert "--texture-size" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ply"]
+
+
+def test_cli_recon_texture_implies_mesh(cli, tmp_path):
+    import trimesh
+
+    out = tmp_path / "out"
+    fit = ["--method", "optimize", "--iterations", "10", "--resolution", "48", "--no-video"]
+    code, _, err = cli(
+        "recon", SPOT_TRAIN, *fit, "--texture", "--texture-size", "64",
+        "--mesh-resolution", "32", "-o", out,
+    )  # fmt: skip
+    assert code == 0, err
+    mesh = trimesh.load(out / "mesh.glb", force="mesh")
+    assert mesh.visual.kind == "texture"
+    assert mesh.visual.material.baseColorTexture.size == (64, 64)
