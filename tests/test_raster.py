@@ -447,20 +447,28 @@ def test_single_camera_unbatched_and_non_square_non_tile_multiple():
 
 
 def test_numba_cache_fallback(monkeypatch):
-    from pipelines.raster import cpu
+    """No writable cache dir: the kernels (raster, TSDF, texture) compile per process."""
+    import numba
+
+    from pipelines.numba_jit import cached_njit
+
+    real_njit = numba.njit
+    calls = []
 
     def failing_njit(*args, cache=False, **kwargs):
+        calls.append(cache)
         if cache:
             raise RuntimeError("cannot cache function: no locator available")
-        return __import__("numba").njit(*args, **kwargs)
+        return real_njit(*args, **kwargs)
 
-    monkeypatch.setattr(cpu, "njit", failing_njit)
+    monkeypatch.setattr(numba, "njit", failing_njit)
 
-    @cpu._jit()
+    @cached_njit()
     def add(a, b):
         return a + b
 
     assert add(np.int64(2), np.int64(3)) == 5
+    assert calls == [True, False]
 
 
 # ----------------------------------------------------------------------------- slow

@@ -393,16 +393,12 @@ def _kernels() -> dict:
     global _KERNELS
     if _KERNELS is not None:
         return _KERNELS
-    from numba import njit, prange
+    from numba import prange
+
+    from pipelines.numba_jit import cached_njit
 
     def jit(**kw):
-        def wrap(fn):
-            try:
-                return njit(cache=True, error_model="numpy", **kw)(fn)
-            except RuntimeError:  # no writable cache dir: compile per process
-                return njit(cache=False, error_model="numpy", **kw)(fn)
-
-        return wrap
+        return cached_njit(error_model="numpy", **kw)
 
     @jit(parallel=True)
     def raster(xy, faces, offsets, order, band, min_area, face_id, bary):

@@ -37,9 +37,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
 from torch import Tensor
 
+from pipelines.numba_jit import cached_njit
 from pipelines.raster.project import (
     ALPHA_MIN,
     DEPTH_ALPHA_MIN,
@@ -54,20 +55,7 @@ TILE = 16
 _TILE_PIX = TILE * TILE
 
 
-def _jit(**kwargs):
-    """``numba.njit`` with ``cache=True``, or without a cache when no cache dir is writable.
-
-    Numba caches next to this file, or in its user-wide cache dir when the package dir is
-    read-only; if neither works it raises at decoration time, and we then compile per process.
-    """
-
-    def wrap(fn):
-        try:
-            return njit(cache=True, **kwargs)(fn)
-        except RuntimeError:
-            return njit(cache=False, **kwargs)(fn)
-
-    return wrap
+_jit = cached_njit  # numba.njit, cached on disk when possible
 
 
 # ----------------------------------------------------------------------------- projection
