@@ -606,41 +606,12 @@ def view_contributions(
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     """``([N], [N])``: largest, over the given views, of each Gaussian's blending weight summed
-    over the view's pixels (``sum_pixels alpha_i T_i``, in pixels), and largest visible fraction
-    (that weight over the Gaussian's footprint, :func:`_footprint`).
+    over the view's pixels (in pixels), and largest visible fraction (that weight over the
+    Gaussian's footprint); :func:`pipelines.raster.visibility.view_contributions`."""
+    from pipelines.raster.visibility import view_contributions as contributions
 
-    Read off the gradient of the summed image w.r.t. the colours (``d rgb / d c_i = w_i``),
-    one view at a time.
-    """
-    best = torch.zeros(len(params["means"]), device=params["means"].device)
-    best_fraction = torch.zeros_like(best)
-    colors = params["colors"].detach().clone().requires_grad_(True)
-    fixed = {k: v.detach() for k, v in params.items()}
-    fixed["colors"] = colors
-    bg = torch.ones(1, 3, device=colors.device)
-    g = gaussians_from_params(fixed)
-    for v in range(len(c2w)):
-        rgb, _, _, _ = _render(g, c2w[v : v + 1], K[v : v + 1], width, height, bg, backend)
-        (grad,) = torch.autograd.grad(rgb.sum(), colors)
-        weight = grad.mean(-1)
-        best = torch.maximum(best, weight)
-        footprint = _footprint(g, c2w[v : v + 1], K[v : v + 1], width, height)
-        best_fraction = torch.maximum(best_fraction, weight / footprint.clamp_min(1e-12))
-    return best, best_fraction
-
-
-def _footprint(g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int) -> Tensor:
-    """``[N]`` integral over the image plane of each Gaussian's alpha in one view (pixels):
-    ``o 2 pi sqrt(det Sigma2d)`` (before the 0.99 cap); 0 where it is culled."""
-    from pipelines.raster.project import project, viewmats_from_c2w
-
-    with torch.no_grad():
-        viewmats = viewmats_from_c2w(c2w.double()).to(g.means.dtype)
-        proj = project(g.means, g.quats, g.scales, g.opacities, viewmats, K, width, height)
-        a, b, c = proj.conics[0].unbind(-1)
-        det = (a * c - b * b).clamp_min(1e-30)
-        area = g.opacities * 2 * math.pi / det.sqrt()
-        return torch.where(proj.valid[0], area, torch.zeros_like(area))
+    g = gaussians_from_params({k: v.detach() for k, v in params.items()})
+    return contributions(g, c2w, K, width, height, backend)
 
 
 # --------------------------------------------------------------------------------------------
