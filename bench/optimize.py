@@ -19,6 +19,7 @@ cubes). Targets: Chamfer <= 0.7 x the issue's reference hull numbers (spot 0.004
     .venv/bin/python bench/optimize.py                      # all four objects
     .venv/bin/python bench/optimize.py spot suzanne         # a subset
     .venv/bin/python bench/optimize.py spot --iterations 500 --set lr_colors=0.01
+    .venv/bin/python bench/optimize.py suzanne --save out/bench   # also keep out/bench/suzanne.ply
 """
 
 from __future__ import annotations
@@ -124,7 +125,13 @@ def mesh_metrics(gaussians, cams, folder: Path) -> dict:
 
 
 def run(
-    name: str, iterations: int | None, overrides: dict, size: int, seed: int, mesh: bool
+    name: str,
+    iterations: int | None,
+    overrides: dict,
+    size: int,
+    seed: int,
+    mesh: bool,
+    save: Path | None = None,
 ) -> dict:
     from pipelines.optimize import DEFAULT_CONFIG, optimize_views
     from pipelines.reconstruct import resolve_inputs
@@ -136,6 +143,11 @@ def run(
     cams = resolve_inputs(folder / "transforms_train.json")
     result = optimize_views(cams, resolution=size, iterations=iterations, seed=seed, config=cfg)
     seconds = time.perf_counter() - t0
+    if save is not None:
+        from pipelines.splats.io import save_gaussians
+
+        save.mkdir(parents=True, exist_ok=True)
+        save_gaussians(save / f"{name}.ply", result.gaussians, up=None)
     ev = evaluate(result.gaussians, folder / "transforms_test.json", size)
     last = result.history[-1] if result.history else None
     ok = seconds <= TARGET_SECONDS and ev["psnr"] >= TARGET_PSNR
@@ -168,6 +180,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainConfig field")  # fmt: skip
     ap.add_argument("--no-mesh", action="store_true", help="skip the mesh metrics")
+    ap.add_argument("--save", type=Path, default=None, help="write OBJECT.ply (z-up) here")
     args = ap.parse_args()
     overrides = {}
     for item in args.set:
@@ -175,7 +188,10 @@ def main() -> None:
         overrides[key] = _value(val)
     rows = []
     for name in args.objects:
-        row = run(name, args.iterations, overrides, args.resolution, args.seed, not args.no_mesh)
+        row = run(
+            name, args.iterations, overrides, args.resolution, args.seed, not args.no_mesh,
+            args.save,
+        )  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
     if len(rows) > 1:

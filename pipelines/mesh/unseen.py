@@ -7,9 +7,14 @@ does there, so a prior has to: the smoothest surface spanning the seen border, i
 harmonic surface (each unseen vertex the mean of its neighbours; a flat disc for a flat rim).
 
 * :func:`seen_vertices` tests each vertex against depth maps rendered at the input cameras;
-* :func:`membrane_fill` solves the graph Laplace equation for the unseen vertices' positions
-  (and colours), the seen ones held fixed;
-* :func:`fill_unseen` chains both for a mesh fused from Gaussians.
+* :func:`unseen_patches` groups the unseen vertices into connected patches; a patch counts as
+  a blind spot only when the Gaussians under it were hidden in those views as well (their
+  visible fraction, :func:`pipelines.raster.visibility.view_contributions`): a patch the views
+  saw edge-on (an animal's belly filmed from slightly above) was shaped by the silhouettes and
+  keeps its fitted shape;
+* :func:`membrane_fill` solves the graph Laplace equation for the blind spots' positions
+  (and colours), everything else held fixed;
+* :func:`fill_unseen` chains them for a mesh fused from Gaussians.
 """
 
 from __future__ import annotations
