@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import assert_one_line_error
 
@@ -250,3 +251,19 @@ def test_cli_mesh_camera_errors(cli, tmp_path):
     assert code == 2
     assert_one_line_error(err, "--keep-unseen")
     assert not (tmp_path / "m.glb").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fill_unseen_on_cuda_matches_cpu():
+    """gsplat renders the depth and the visible fractions: same blind spot, same flat bottom."""
+    mesh, cone = _cone_bottomed_cylinder()
+    g = _flat_bottle_gaussians()
+    cams = orbit_cameras(21, elevation_deg=10.0, radius=2.0, fov_deg=30.0, size=160)
+    cpu = fill_unseen(mesh, g, cams, size=160)
+    gpu = fill_unseen(mesh, g.to("cuda"), cams, size=160, device="cuda")
+    deep = cone & (np.asarray(mesh.vertices)[:, 2] < -HALF_HEIGHT - 0.2 * CONE)
+    assert gpu.filled[deep].all()
+    assert (gpu.filled != cpu.filled).mean() < 0.01
+    filled = np.asarray(gpu.mesh.vertices)
+    assert np.abs(filled[deep, 2] + HALF_HEIGHT).max() < 0.002
