@@ -265,7 +265,7 @@ def recon(
             nonlocal mesh_started
             if not mesh_started:
                 views = rc.MeshSpec().views
-                start(f"Mesh: rendering {views} views for a {mesh_resolution}-voxel TSDF", views)
+                start(f"Mesh ({mesh_resolution} voxels, {views} views)", views)
                 mesh_started = True
             advance(n)
 
