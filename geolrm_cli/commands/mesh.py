@@ -89,23 +89,23 @@ def mesh(
 ) -> None:
     """Turn Gaussians into a coloured triangle mesh (.glb, .obj + .mtl, or .ply).
 
-      Renders depth and colour from many views, fuses them into a TSDF, extracts the surface
-      (marching cubes), keeps the main parts, decimates to --faces and colours the vertices.
-      When the input views' cameras are known (--cameras, or cameras.json beside the model),
-      surface they never saw is replaced by a membrane spanning its seen border.
-      With --texture it also UV-unwraps the mesh and bakes a texture map from the renders.
+    Renders depth and colour from many views, fuses them into a TSDF, extracts the surface
+    (marching cubes), keeps the main parts, decimates to --faces and colours the vertices.
+    When the input views' cameras are known (--cameras, or cameras.json beside the model),
+    surface they never saw is replaced by a membrane spanning its seen border.
+    With --texture it also UV-unwraps the mesh and bakes a texture map from the renders.
 
-      Examples:
+    Examples:
 
-        geolrm mesh out/model.ply -o out/mesh.glb
+      geolrm mesh out/model.ply -o out/mesh.glb
 
-        geolrm mesh out/model.ply -o out/mesh.glb --texture
+      geolrm mesh out/model.ply -o out/mesh.glb --texture
 
-    geolrm mesh model.ply --cameras views/transforms.json -o mesh.glb
+      geolrm mesh model.ply --cameras views/transforms.json -o mesh.glb
 
-        geolrm mesh out/model.ply -o out/mesh.obj --faces 20000 --texture --texture-size 2048
+      geolrm mesh out/model.ply -o out/mesh.obj --faces 20000 --texture --texture-size 2048
 
-        geolrm mesh out/model.ply -o out/mesh.ply --resolution 384 --views 100 --device cuda
+      geolrm mesh out/model.ply -o out/mesh.ply --resolution 384 --views 100 --device cuda
     """
     from geolrm_cli.console import console, progress, resolve_device
     from pipelines.errors import InputError
