@@ -29,6 +29,7 @@ tests compare them to.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -385,20 +386,14 @@ def view_colors(
 
 
 # ----------------------------------------------------------------------------- numba kernels
-_KERNELS: dict | None = None
-
-
+@functools.cache
 def _kernels() -> dict:
     """Compile (or load from numba's on-disk cache) the kernels on first use."""
-    global _KERNELS
-    if _KERNELS is not None:
-        return _KERNELS
     from numba import prange
 
     from pipelines.numba_jit import cached_njit
 
-    def jit(**kw):
-        return cached_njit(error_model="numpy", **kw)
+    jit = functools.partial(cached_njit, error_model="numpy")
 
     @jit(parallel=True)
     def raster(xy, faces, offsets, order, band, min_area, face_id, bary):
@@ -481,8 +476,7 @@ def _kernels() -> dict:
                 for k in range(3):
                     acc[i, k] /= wsum[i]
 
-    _KERNELS = {"raster": raster, "colors": colors}
-    return _KERNELS
+    return {"raster": raster, "colors": colors}
 
 
 # ----------------------------------------------------------------------------- bake

@@ -42,6 +42,7 @@ band matters (:func:`pipelines.mesh.fuse_gaussians` does).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -312,20 +313,14 @@ def integrate_torch(
 
 
 # ----------------------------------------------------------------------------- numba fast path
-_KERNELS: dict | None = None
-
-
+@functools.cache
 def _numba_kernels() -> dict:
     """Compile (or load from numba's on-disk cache) the fusion kernels on first use."""
-    global _KERNELS
-    if _KERNELS is not None:
-        return _KERNELS
     from numba import prange
 
     from pipelines.numba_jit import cached_njit
 
-    def jit(**kw):
-        return cached_njit(error_model="numpy", **kw)
+    jit = functools.partial(cached_njit, error_model="numpy")
 
     @jit(parallel=True)
     def fuse_blocks(
@@ -543,8 +538,7 @@ def _numba_kernels() -> dict:
                             tsdf[i, j, k] = (tsdf[i, j, k] * w0 + s) / (w0 + n)
                             weight[i, j, k] = w0 + n
 
-    _KERNELS = {"fuse": fuse_blocks, "mark": mark_band, "fill": fill_blocks}
-    return _KERNELS
+    return {"fuse": fuse_blocks, "mark": mark_band, "fill": fill_blocks}
 
 
 def _block_grid(shape: tuple[int, int, int], block: int) -> tuple[int, int, int]:
