@@ -267,3 +267,17 @@ def test_fill_unseen_on_cuda_matches_cpu():
     assert (gpu.filled != cpu.filled).mean() < 0.01
     filled = np.asarray(gpu.mesh.vertices)
     assert np.abs(filled[deep, 2] + HALF_HEIGHT).max() < 0.002
+
+
+def test_fill_unseen_with_cameras_looking_away_changes_nothing():
+    """Cameras that see none of the object (e.g. a cameras.json of another scene) leave every
+    vertex unseen; with no seen border there is nothing to span, and nothing is filled."""
+    mesh, _ = _cone_bottomed_cylinder(segments=24, rings=6)
+    g = _flat_bottle_gaussians(4000)
+    cams = orbit_cameras(8, elevation_deg=10.0, radius=2.0, fov_deg=30.0, size=64)
+    cams.c2w[:, :3, 0] *= -1.0  # turn each camera around: it now looks away from the object
+    cams.c2w[:, :3, 2] *= -1.0
+    out = fill_unseen(mesh, g, cams, size=64)
+    assert out.unseen.all()
+    assert not out.filled.any()
+    np.testing.assert_array_equal(np.asarray(out.mesh.vertices), np.asarray(mesh.vertices))

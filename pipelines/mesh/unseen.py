@@ -29,6 +29,7 @@ from pipelines.splats.gaussians import Gaussians
 
 __all__ = [
     "UnseenFill",
+    "anchored",
     "fill_unseen",
     "membrane_fill",
     "render_input_depth",
@@ -102,6 +103,31 @@ def seen_vertices(
     return seen
 
 
+def _adjacency(n: int, faces: np.ndarray, keep: np.ndarray | None = None):
+    """``[n, n]`` symmetric scipy CSR adjacency of the mesh's edges (1 per edge), only edges
+    between two ``keep`` vertices when given."""
+    import scipy.sparse as sp
+
+    f = np.asarray(faces, dtype=np.int64)
+    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    if keep is not None:
+        edges = edges[keep[edges[:, 0]] & keep[edges[:, 1]]]
+    edges = np.concatenate([edges, edges[:, ::-1]])
+    adj = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
+    adj.data[:] = 1.0  # an edge shared by two faces counts once
+    return adj
+
+
+def anchored(faces: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """``[N]`` bool: vertices whose connected component of the mesh holds a ``fixed`` vertex
+    (the ones :func:`membrane_fill` can move)."""
+    from scipy.sparse.csgraph import connected_components
+
+    fixed = np.asarray(fixed, dtype=bool)
+    _, comp = connected_components(_adjacency(len(fixed), faces), directed=False)
+    return (np.bincount(comp, weights=fixed.astype(np.float64)) > 0)[comp]
+
+
 def membrane_fill(
     verts: np.ndarray, faces: np.ndarray, fixed: np.ndarray, values: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -121,25 +147,17 @@ def membrane_fill(
         ``(verts [N, 3] float64, values [N, C] float64 or None)``.
     """
     import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components
     from scipy.sparse.linalg import splu
 
-    n = len(verts)
     x = np.asarray(verts, dtype=np.float64).copy()
     vals = None if values is None else np.asarray(values, dtype=np.float64).copy()
-    f = np.asarray(faces, dtype=np.int64)
-    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    edges = np.concatenate([edges, edges[:, ::-1]])
-    adj = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
-    adj.data[:] = 1.0  # an edge shared by two faces counts once
-    fixed = np.asarray(fixed, dtype=bool).copy()
-    _, comp = connected_components(adj, directed=False)
-    anchored = np.bincount(comp, weights=fixed.astype(np.float64)) > 0
-    fixed |= ~anchored[comp]  # nothing to span: leave such components alone
+    fixed = np.asarray(fixed, dtype=bool)
+    fixed = fixed | ~anchored(faces, fixed)  # nothing to span: leave such components alone
     free = np.flatnonzero(~fixed)
     if len(free) == 0:
         return x, vals
     keep = np.flatnonzero(fixed)
+    adj = _adjacency(len(x), faces)
     lap = (sp.diags(np.asarray(adj.sum(1)).ravel()) - adj).tocsr()
     rhs = x[keep] if vals is None else np.concatenate([x[keep], vals[keep]], 1)
     solved = splu(lap[free][:, free].tocsc()).solve(-(lap[free][:, keep] @ rhs))
@@ -177,15 +195,10 @@ def render_input_depth(
 def unseen_patches(faces: np.ndarray, unseen: np.ndarray) -> np.ndarray:
     """``[N]`` int patch label of each vertex: connected components of the unseen vertices
     (through edges between two unseen vertices); -1 for seen vertices."""
-    import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
-    n = len(unseen)
-    f = np.asarray(faces, dtype=np.int64)
-    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    edges = edges[unseen[edges[:, 0]] & unseen[edges[:, 1]]]
-    graph = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
+    unseen = np.asarray(unseen, dtype=bool)
+    _, labels = connected_components(_adjacency(len(unseen), faces, unseen), directed=False)
     return np.where(unseen, labels, -1)
 
 
@@ -262,6 +275,7 @@ def fill_unseen(
             members = labels == patch
             if np.median(support[members]) < max_support:
                 filled |= members
+        filled &= anchored(faces, ~filled)  # a part no view saw at all has no border to span
     colors = np.asarray(mesh.visual.vertex_colors, dtype=np.float64)
     new_verts, new_colors = membrane_fill(verts, faces, ~filled, colors)
     rgba = np.clip(np.round(new_colors), 0, 255).astype(np.uint8)
