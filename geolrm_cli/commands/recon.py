@@ -6,7 +6,7 @@ Examples:
 
   geolrm recon examples/spot/transforms_train.json --method optimize -o out/
 
-      geolrm recon examples/spot/transforms_train.json --method optimize --mesh -o out/
+  geolrm recon examples/spot/transforms_train.json --method optimize --mesh -o out/
 
   geolrm recon data/transforms.json -o out/ --no-video
 
