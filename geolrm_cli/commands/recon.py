@@ -264,7 +264,7 @@ def recon(
         def on_mesh_view(n: int) -> None:
             nonlocal mesh_started
             if not mesh_started:
-                views = rc.MeshSpec().views
+                views = spec.views
                 start(f"Mesh ({mesh_resolution} voxels, {views} views)", views)
                 mesh_started = True
             advance(n)
