@@ -19,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from geolrm_cli.options import ASSUME_UP, DEVICE, Up
+from geolrm_cli.options import ASSUME_UP, DEVICE, TEXTURE_SIZE, Up
 
 
 def mesh(
@@ -67,9 +67,7 @@ def mesh(
         help="UV-unwrap the mesh and bake a texture map from the renders (sharper than vertex "
         "colours): embedded in .glb; .obj writes <name>.png beside its .mtl. Not for .ply.",
     ),
-    texture_size: int = typer.Option(
-        1024, "--texture-size", min=16, max=8192, help="Texture side in pixels (--texture)."
-    ),
+    texture_size: int = TEXTURE_SIZE,
     cameras: Path | None = typer.Option(
         None,
         "--cameras",
