@@ -118,13 +118,14 @@ def _adjacency(n: int, faces: np.ndarray, keep: np.ndarray | None = None):
     return adj
 
 
-def anchored(faces: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+def anchored(faces: np.ndarray, fixed: np.ndarray, adjacency=None) -> np.ndarray:
     """``[N]`` bool: vertices whose connected component of the mesh holds a ``fixed`` vertex
-    (the ones :func:`membrane_fill` can move)."""
+    (the ones :func:`membrane_fill` can move); ``adjacency``: the mesh's, if already built."""
     from scipy.sparse.csgraph import connected_components
 
     fixed = np.asarray(fixed, dtype=bool)
-    _, comp = connected_components(_adjacency(len(fixed), faces), directed=False)
+    adj = _adjacency(len(fixed), faces) if adjacency is None else adjacency
+    _, comp = connected_components(adj, directed=False)
     return (np.bincount(comp, weights=fixed.astype(np.float64)) > 0)[comp]
 
 
@@ -151,13 +152,13 @@ def membrane_fill(
 
     x = np.asarray(verts, dtype=np.float64).copy()
     vals = None if values is None else np.asarray(values, dtype=np.float64).copy()
+    adj = _adjacency(len(x), faces)
     fixed = np.asarray(fixed, dtype=bool)
-    fixed = fixed | ~anchored(faces, fixed)  # nothing to span: leave such components alone
+    fixed = fixed | ~anchored(faces, fixed, adj)  # nothing to span: leave such components alone
     free = np.flatnonzero(~fixed)
     if len(free) == 0:
         return x, vals
     keep = np.flatnonzero(fixed)
-    adj = _adjacency(len(x), faces)
     lap = (sp.diags(np.asarray(adj.sum(1)).ravel()) - adj).tocsr()
     rhs = x[keep] if vals is None else np.concatenate([x[keep], vals[keep]], 1)
     solved = splu(lap[free][:, free].tocsc()).solve(-(lap[free][:, keep] @ rhs))
