@@ -79,10 +79,10 @@ def rasterize_gsplat(
         radius_clip=0.0,
         eps2d=0.3,
         sh_degree=None,
-        backgrounds=bg,
         render_mode="RGB+ED",
         rasterize_mode="classic",
-    )
+    )  # no `backgrounds=`: gsplat 1.5's packed mode rejects [C, D] backgrounds; composite here
+    rgb = render[..., :3] + (1.0 - alpha) * bg[:, None, None, :]
     depth = render[..., 3:4]  # gsplat: accumulated z / max(alpha, 1e-10)
     depth = torch.where(alpha >= DEPTH_ALPHA_MIN, depth, torch.zeros_like(depth))
-    return RenderOutput(rgb=render[..., :3].to(dtype), alpha=alpha.to(dtype), depth=depth.to(dtype))
+    return RenderOutput(rgb=rgb.to(dtype), alpha=alpha.to(dtype), depth=depth.to(dtype))
