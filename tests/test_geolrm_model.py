@@ -601,3 +601,41 @@ def test_golden_on_cuda(meta, golden, inputs):
     out = model(*(t.cuda() for t in inputs))
     assert torch.equal(out.anchors.cpu(), golden["serializer.anchor_xyzs"])
     assert_close(out.latents.cpu(), golden["pipeline.latents"], "cuda latents", atol=1e-4)
+
+
+# ------------------------------------------------------------------ reduced precision
+
+
+def test_geometry_stays_fp32_under_autocast(golden):
+    """Rays, projection matrices and reference points are computed in fp32 even inside a bf16
+    autocast region (8-bit mantissas would move reference points by whole pixels)."""
+    c2ws, Ks = golden["inputs.c2ws"][0], golden["inputs.Ks"][0]
+    xyz = torch.rand(1, 50, 3) - 0.5
+    rays = ray_embedding(c2ws, Ks, 28, 28)
+    uv = project_points(xyz, projection_matrices(c2ws[None], Ks[None]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rays_ac = ray_embedding(c2ws, Ks, 28, 28)
+        uv_ac = project_points(xyz, projection_matrices(c2ws[None], Ks[None]))
+    assert rays_ac.dtype == uv_ac.dtype == torch.float32
+    assert torch.equal(rays_ac, rays) and torch.equal(uv_ac, uv)
+
+
+def test_bf16_autocast_forward_stays_close_to_fp32(meta, inputs):
+    """The whole model runs under bf16 autocast (what ``--precision bf16`` does on CUDA; here
+    CPU autocast, which casts the same matmul-shaped ops to bf16). The proposal logits move by
+    under 2% of their range; given the same anchors (the official attention's token scramble
+    makes the output depend on the exact anchor list, so a changed anchor near the top-k cut
+    would shift every later token), the reconstruction latents stay within 3% of fp32."""
+    model = GeoLRM.from_pretrained(WEIGHTS, config=meta["tiny_config"], max_seq_len=1280)
+    model.set_options(force_anchors=800)
+    ref = model(*inputs)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(*inputs)
+        latents = model.lrm_generator.forward_latents(ref.points, *inputs)
+    logits = out.occupancy_logits.float()
+    spread = float(ref.occupancy_logits.max() - ref.occupancy_logits.min())
+    assert 0 < float((logits - ref.occupancy_logits).abs().max()) < 0.02 * spread
+    assert torch.isfinite(out.gaussians).all()
+    assert latents.dtype == torch.float32  # the final RMSNorm is autocast's fp32 list
+    rel = float((latents - ref.latents).norm() / ref.latents.norm())
+    assert 0 < rel < 0.03, rel

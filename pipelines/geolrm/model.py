@@ -223,6 +223,21 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
+def fp32_geometry(fn):
+    """Run ``fn`` with autocast off: under bf16/fp16 autocast, camera geometry (rays,
+    projections, sampling locations) would otherwise lose pixels to 8-bit mantissas. The
+    wrapped functions cast their inputs to fp32 themselves."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        dev = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        with torch.autocast(dev, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@fp32_geometry
 def ray_embedding(c2ws: torch.Tensor, Ks: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Plücker rays of every pixel centre, as the official ``get_ray_embedding``.
 
@@ -251,12 +266,14 @@ def ray_embedding(c2ws: torch.Tensor, Ks: torch.Tensor, height: int, width: int)
     return torch.cat([d, m], dim=-1).permute(0, 3, 1, 2).contiguous()
 
 
+@fp32_geometry
 def projection_matrices(c2ws: torch.Tensor, Ks: torch.Tensor) -> torch.Tensor:
     """P = K · inverse(c2w)[:3, :4]. c2ws [B,V,4,4], Ks [B,V,3,3] -> [B,V,3,4]."""
     w2c = torch.linalg.inv(c2ws.float())
     return Ks.float() @ w2c[..., :3, :4]
 
 
+@fp32_geometry
 def project_points(xyz: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     """Reference points of the deformable attention: normalised uv of each point in each view.
 
@@ -270,8 +287,9 @@ def project_points(xyz: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     Returns:
         [B, V, S, 2] (u, v).
     """
+    xyz = xyz.float()
     homo = torch.cat([xyz, torch.ones_like(xyz[..., :1])], dim=-1)  # [B, S, 4]
-    abc = homo[:, None] @ proj.transpose(-1, -2)  # [B, V, S, 3]
+    abc = homo[:, None] @ proj.float().transpose(-1, -2)  # [B, V, S, 3]
     uv = abc[..., :2] / abc[..., 2:3]
     return torch.stack([1 - uv[..., 0], uv[..., 1]], dim=-1)
 
@@ -629,9 +647,13 @@ def deformable_sample(
     return _deformable_sample_torch(value, spatial_shapes, reference, offsets, weights)
 
 
+@fp32_geometry
 def _deformable_sample_torch(value, spatial_shapes, reference, offsets, weights):
     """Torch version: the four taps × attention weights become per-sample weights of one
-    ``embedding_bag`` over the channels-last value table."""
+    ``embedding_bag`` over the channels-last value table (in fp32 whatever the inputs; the
+    result has ``value``'s dtype)."""
+    out_dtype = value.dtype
+    value, reference, offsets, weights = (t.float() for t in (value, reference, offsets, weights))
     B, L, Hc, C = value.shape
     S = reference.shape[1]
     wh = offsets.new_tensor([[w, h] for h, w in spatial_shapes])
@@ -670,7 +692,7 @@ def _deformable_sample_torch(value, spatial_shapes, reference, offsets, weights)
     idx = torch.cat(idx_all, dim=-1).view(B * S * Hc, -1)
     wts = torch.cat(w_all, dim=-1).view(B * S * Hc, -1)
     out = F.embedding_bag(idx, table, per_sample_weights=wts, mode="sum")
-    return out.view(B, S, Hc * C)
+    return out.view(B, S, Hc * C).to(out_dtype)
 
 
 @functools.cache
