@@ -20,6 +20,7 @@ cubes). Targets: Chamfer <= 0.7 x the issue's reference hull numbers (spot 0.004
     .venv/bin/python bench/optimize.py spot suzanne         # a subset
     .venv/bin/python bench/optimize.py spot --iterations 500 --set lr_colors=0.01
     .venv/bin/python bench/optimize.py suzanne --save out/bench   # also keep out/bench/suzanne.ply
+    python bench/optimize.py --device cuda --data DIR          # gsplat on a GPU, objects in DIR
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _value(text: str):
     return {"none": None, "true": True, "false": False}.get(text.lower(), text)
 
 
-def evaluate(gaussians, test_json: Path, size: int) -> dict:
+def evaluate(gaussians, test_json: Path, size: int, device: str = "cpu") -> dict:
     """Mean PSNR on white and masked PSNR over the test views at ``size`` px."""
     import torch
 
@@ -65,12 +66,11 @@ def evaluate(gaussians, test_json: Path, size: int) -> dict:
     gt, used = load_views(cams, size, background=(1.0, 1.0, 1.0))
     alpha = load_masks(cams, size)
     psnrs, masked = [], []
+    gaussians, c2w, K = gaussians.to(device), used.c2w.to(device), used.K.to(device)
     with torch.no_grad():
         for v in range(len(used)):
-            out = rasterize(
-                gaussians, used.c2w[v : v + 1], used.K[v : v + 1], size, size, (1.0, 1.0, 1.0)
-            )
-            err = (out.rgb[0].clamp(0, 1) - gt[v].permute(1, 2, 0)) ** 2  # [H, W, 3]
+            out = rasterize(gaussians, c2w[v : v + 1], K[v : v + 1], size, size, (1.0, 1.0, 1.0))
+            err = (out.rgb[0].clamp(0, 1).cpu() - gt[v].permute(1, 2, 0)) ** 2  # [H, W, 3]
             psnrs.append(-10 * torch.log10(err.mean()).item())
             inside = alpha[v] >= 0.5
             masked.append(-10 * torch.log10(err[inside].mean()).item())
@@ -81,7 +81,7 @@ def evaluate(gaussians, test_json: Path, size: int) -> dict:
     }
 
 
-def mesh_metrics(gaussians, cams, folder: Path) -> dict:
+def mesh_metrics(gaussians, cams, folder: Path, device: str = "cpu") -> dict:
     """Chamfer / F-score of the Gaussians' TSDF mesh and of a 160^3 visual hull."""
     import numpy as np
 
@@ -91,10 +91,10 @@ def mesh_metrics(gaussians, cams, folder: Path) -> dict:
 
     gt = np.load(folder / "points.npy")
     t = time.perf_counter()
-    fused = gaussians_to_mesh(gaussians)
+    fused = gaussians_to_mesh(gaussians, device=device)
     mesh_s = time.perf_counter() - t
     t = time.perf_counter()
-    filled = fill_unseen(fused, gaussians, cams)
+    filled = fill_unseen(fused, gaussians.to(device), cams, device=device)
     fill_s = time.perf_counter() - t
     ours = chamfer_fscore(sample_mesh_points(filled.mesh, 100_000), gt)
     unfilled = chamfer_fscore(sample_mesh_points(fused, 100_000), gt)
@@ -132,31 +132,36 @@ def run(
     seed: int,
     mesh: bool,
     save: Path | None = None,
+    device: str = "cpu",
+    data: Path = DATA,
 ) -> dict:
     from pipelines.optimize import DEFAULT_CONFIG, optimize_views
     from pipelines.reconstruct import resolve_inputs
 
-    folder = DATA / name
+    folder = data / name
     cfg = dataclasses.replace(DEFAULT_CONFIG, **overrides)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     cams = resolve_inputs(folder / "transforms_train.json")
-    result = optimize_views(cams, resolution=size, iterations=iterations, seed=seed, config=cfg)
+    result = optimize_views(
+        cams, resolution=size, iterations=iterations, seed=seed, config=cfg, device=device
+    )
     seconds = time.perf_counter() - t0
     if save is not None:
         from pipelines.splats.io import save_gaussians
 
         save.mkdir(parents=True, exist_ok=True)
         save_gaussians(save / f"{name}.ply", result.gaussians, up=None)
-    ev = evaluate(result.gaussians, folder / "transforms_test.json", size)
+    ev = evaluate(result.gaussians, folder / "transforms_test.json", size, device)
     last = result.history[-1] if result.history else None
     ok = seconds <= TARGET_SECONDS and ev["psnr"] >= TARGET_PSNR
-    geo = mesh_metrics(result.gaussians, cams, folder) if mesh else {}
+    geo = mesh_metrics(result.gaussians, cams, folder, device) if mesh else {}
     if geo and geo["chamfer_vs_ref_hull"] is not None:
         ok = ok and geo["chamfer_vs_ref_hull"] <= TARGET_CHAMFER_RATIO
         ok = ok and geo["fscore"] >= TARGET_FSCORE
     return {
         "object": name,
+        "device": device,
         "iterations": last.step if last else 0,
         "seconds": round(seconds, 1),
         "timings": {k: round(v, 1) for k, v in result.timings.items()},
@@ -181,6 +186,8 @@ def main() -> None:
                     help="override a TrainConfig field")  # fmt: skip
     ap.add_argument("--no-mesh", action="store_true", help="skip the mesh metrics")
     ap.add_argument("--save", type=Path, default=None, help="write OBJECT.ply (z-up) here")
+    ap.add_argument("--device", default="cpu", help="torch device of the optimisation")
+    ap.add_argument("--data", type=Path, default=DATA, help="folder holding the objects")
     args = ap.parse_args()
     overrides = {}
     for item in args.set:
@@ -190,7 +197,7 @@ def main() -> None:
     for name in args.objects:
         row = run(
             name, args.iterations, overrides, args.resolution, args.seed, not args.no_mesh,
-            args.save,
+            args.save, args.device, args.data,
         )  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
