@@ -14,7 +14,7 @@ import torch
 
 from geolrm_cli.app import app
 from geolrm_cli.console import run_cli
-from pipelines.cameras import Cameras, load_transforms, load_views
+from pipelines.cameras import Cameras, load_transforms, load_views, orbit_cameras
 from pipelines.errors import InputError
 from pipelines.optimize import (
     TrainConfig,
@@ -29,6 +29,7 @@ from pipelines.optimize.trainer import (
     clone_gaussians,
     densify_and_prune,
     new_optimizers,
+    novel_camera,
     params_from_gaussians,
     prune_gaussians,
     reset_opacity,
@@ -327,6 +328,71 @@ def test_opacity_weight_pushes_opacities_to_0_or_1(spot64, spot_init) -> None:
     binary = optimize_gaussians(spot_init, cams, images, masks, replace(cfg, opacity_weight=1.0))
     assert len(plain) == len(binary) == len(spot_init)
     assert spread(binary) < 0.8 * spread(plain), (spread(binary), spread(plain))
+
+
+def test_novel_camera_swings_about_the_centre() -> None:
+    """Same distance to the look-at point, still looking at it, a proper rotation, tilted by
+    at most the limit; from a 10-degree ring it reaches elevations well above and below."""
+    cams = orbit_cameras(8, elevation_deg=10.0, radius=2.0, fov_deg=30.0, size=32)
+    centre = torch.tensor([0.0, 0.0, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    elevations = []
+    for v in range(200):
+        c2w = cams.c2w[v % 8]
+        new = novel_camera(c2w, centre, 45.0, gen)
+        pos = new[:3, 3]
+        assert abs(float(pos.norm()) - 2.0) < 1e-5
+        sight = torch.nn.functional.normalize(centre - pos, dim=0)
+        assert float(sight @ -new[:3, 2]) > 1 - 1e-5  # the camera looks along -z at the centre
+        torch.testing.assert_close(new[:3, :3].T @ new[:3, :3], torch.eye(3), atol=1e-5, rtol=0)
+        tilt = math.degrees(math.acos(min(1.0, float(new[:3, 2] @ c2w[:3, 2]))))
+        assert tilt <= 45.0 + 1e-3
+        elevations.append(math.degrees(math.asin(float(pos[2]) / 2.0)))
+    assert min(elevations) < -20.0 and max(elevations) > 40.0
+
+
+def test_novel_alpha_weight_thins_haze_the_training_views_cannot_see() -> None:
+    """A flat torus seen from a ring of cameras at 0 degrees: its hole is hidden behind the
+    near side of the tube in every training view, so faint haze filling the hole costs the
+    training loss nothing; views from above see it against the background. With the
+    novel-view term it fades; without, it stays."""
+    gen = torch.Generator().manual_seed(5)
+    cams = orbit_cameras(8, elevation_deg=0.0, radius=2.0, fov_deg=30.0, size=48)
+    n = 3000
+    u, v = torch.rand(n, generator=gen) * 2 * math.pi, torch.rand(n, generator=gen) * 2 * math.pi
+    ring = 0.3 + 0.1 * v.cos()
+    torus = Gaussians(
+        torch.stack([ring * u.cos(), ring * u.sin(), 0.1 * v.sin()], -1),
+        torch.full((n, 3), 0.02),
+        torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand(n, 4).clone(),
+        torch.full((n,), 0.9),
+        torch.full((n, 3), 0.4),
+    )
+    with torch.no_grad():
+        views = rasterize(torus, cams.c2w, cams.K, 48, 48, (1.0, 1.0, 1.0))
+    images, masks = views.rgb.permute(0, 3, 1, 2).contiguous(), views.alpha[..., 0]
+    m = 100
+    angle = torch.rand(m, generator=gen) * 2 * math.pi
+    radius = 0.15 * torch.rand(m, generator=gen).sqrt()
+    haze = Gaussians(
+        torch.stack([radius * angle.cos(), radius * angle.sin(), torch.zeros(m)], -1),
+        torch.tensor([[0.01, 0.01, 1e-3]]).expand(m, 3).clone(),
+        torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand(m, 4).clone(),
+        torch.full((m,), 0.05),
+        torch.full((m, 3), 0.4),
+    )
+    init = Gaussians.cat([torus, haze])
+    base = TrainConfig(
+        iterations=120, densify_start=1000, opacity_reset_every=0, min_contribution=0.0,
+        opacity_weight=0.0, final_prune_opacity=0.0, novel_every=1, novel_scale=1.0, novel_tilt_deg=60.0,
+    )  # fmt: skip
+    left = {}
+    for w in (0.0, 1.0):
+        out = optimize_gaussians(init, cams, images, masks, replace(base, novel_alpha_weight=w))
+        assert len(out) == len(init)
+        left[w] = float(out.opacities[n:].mean())
+    assert left[0.0] > 0.045, left  # hidden from the training views: nothing removes it
+    assert left[1.0] < 0.5 * left[0.0], left
 
 
 def test_visible_fraction() -> None:
