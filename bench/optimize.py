@@ -91,7 +91,7 @@ def mesh_metrics(gaussians, cams, folder: Path, device: str = "cpu") -> dict:
 
     gt = np.load(folder / "points.npy")
     t = time.perf_counter()
-    fused = gaussians_to_mesh(gaussians, device=device)
+    fused = gaussians_to_mesh(gaussians, device=device).mesh
     mesh_s = time.perf_counter() - t
     t = time.perf_counter()
     filled = fill_unseen(fused, gaussians.to(device), cams, device=device)

@@ -674,8 +674,13 @@ class Generator:
                 views_n = 60
                 on_stage(f"Mesh ({opts.mesh_resolution} voxels)", views_n)
                 texture = opts.texture_size
+
+                def mesh_stage(name: str, _total: int | None, texture=texture) -> None:
+                    if name == "texture":
+                        on_stage(f"Mesh texture ({texture} px)", None)
+
                 with _measure(stats, "mesh" + (" + texture" if texture else ""), dev):
-                    mesh = gaussians_to_mesh(
+                    made = gaussians_to_mesh(
                         result.gaussians_model,
                         views=views_n,
                         resolution=opts.mesh_resolution,
@@ -683,10 +688,10 @@ class Generator:
                         device=dev,
                         on_view=lambda *_a: step(1),
                         texture_size=texture,
-                        on_texture=lambda: on_stage(f"Mesh texture ({texture} px)", None),
+                        on_stage=mesh_stage,
                         cameras=result.cameras_model,
                     )
-                    export_mesh(mesh, stage_dir / "mesh.glb")
+                    export_mesh(made.mesh, stage_dir / "mesh.glb")
             files = _move_into(stage_dir, out_dir)
         except BaseException:
             shutil.rmtree(stage_dir, ignore_errors=True)

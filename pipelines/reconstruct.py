@@ -726,7 +726,7 @@ def _write_mesh(
 ) -> None:
     from pipelines.mesh import export_mesh, gaussians_to_mesh
 
-    mesh = gaussians_to_mesh(
+    made = gaussians_to_mesh(
         result.gaussians,
         views=spec.views,
         resolution=spec.resolution,
@@ -736,7 +736,7 @@ def _write_mesh(
         texture_size=spec.texture_size,
         cameras=result.cameras,
     )
-    export_mesh(mesh, path)
+    export_mesh(made.mesh, path)
 
 
 def _write_video(

@@ -256,7 +256,7 @@ def spot_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("spot_out")
     shutil.copy(SPOT / "spot.ply", out / "model.ply")
     g = load_gaussians(out / "model.ply")
-    mesh = gaussians_to_mesh(g, views=24, resolution=64, image_size=128, faces=20_000)
+    mesh = gaussians_to_mesh(g, views=24, resolution=64, image_size=128, faces=20_000).mesh
     export_mesh(mesh, out / "mesh.glb")
     return out
 

@@ -203,7 +203,7 @@ def test_tsdf_bad_input():
 # ----------------------------------------------------------------------------- full pipeline
 def test_sphere_rendered_from_gaussians_radius_within_2_percent():
     g = sphere_gaussians(6000, radius=0.3, centre=(0.1, -0.05, 0.2))
-    mesh = gaussians_to_mesh(g, views=40, resolution=64, image_size=256, faces=4000)
+    mesh = gaussians_to_mesh(g, views=40, resolution=64, image_size=256, faces=4000).mesh
     assert len(mesh.faces) <= 4000 and mesh.volume > 0
     r = np.linalg.norm(mesh.vertices - np.array([0.1, -0.05, 0.2]), axis=1)
     assert abs(r.mean() - 0.3) < 0.02 * 0.3

@@ -338,16 +338,18 @@ def test_export_textured_ply_is_refused(tmp_path, baked_sphere):
 def test_gaussians_to_textured_mesh():
     g = sphere_gaussians(3000, radius=R)
     calls = []
-    mesh = gaussians_to_mesh(
+    result = gaussians_to_mesh(
         g,
         views=24,
         resolution=32,
         image_size=96,
         faces=1500,
         texture_size=128,
-        on_texture=lambda: calls.append(1),
+        on_stage=lambda name, total: calls.append((name, total)),
     )
-    assert calls == [1]
+    assert calls == [("render", 24), ("fuse", None), ("extract", None), ("texture", None)]
+    assert result.filled is None and 0.5 < result.texture_seen <= 1.0
+    mesh = result.mesh
     assert mesh.visual.kind == "texture" and len(mesh.faces) <= 1500
     img = np.asarray(mesh.visual.material.baseColorTexture)
     rgb = sample_bilinear(img, mesh.visual.uv)

@@ -105,7 +105,7 @@ def mesh(
 
       geolrm mesh out/model.ply -o out/mesh.ply --resolution 384 --views 100 --device cuda
     """
-    from geolrm_cli.console import console, progress, resolve_device
+    from geolrm_cli.console import console, resolve_device, stages
     from pipelines.errors import InputError
     from pipelines.mesh.export import MESH_FORMATS, check_texture_format
 
@@ -133,38 +133,41 @@ def mesh(
     dev = resolve_device(device)
 
     from pipelines.cameras import load_transforms
-    from pipelines.mesh import (
-        default_image_size,
-        extract_mesh,
-        fill_unseen,
-        fuse_views,
-        render_views,
-        texture_mesh,
-    )
+    from pipelines.mesh import default_image_size, gaussians_to_mesh
     from pipelines.mesh.export import export_mesh
     from pipelines.splats.io import load_gaussians
 
     g = load_gaussians(model, assume_up=up.value)
     input_cams = None if cameras is None else load_transforms(cameras, require_images=False)
     size = image_size or default_image_size(resolution)
-    with progress(f"Rendering {len(g):,} Gaussians ({size} px)", views) as advance:
-        renders = render_views(g, views, size, dev, on_view=advance)
-    with console.status(f"Fusing {views} views into a TSDF ({resolution} voxels wide)"):
-        vol = fuse_views(renders, resolution, trunc, dev)
-    if not texture:
-        del renders  # free them early; only the texture bake needs them
-    with console.status("Extracting and decimating the mesh"):
-        result = extract_mesh(vol, faces=faces)
+    n_input = 0 if input_cams is None else len(input_cams)
+    labels = {
+        "render": f"Rendering {len(g):,} Gaussians ({size} px)",
+        "fuse": f"Fusing {views} views into a TSDF ({resolution} voxels wide)",
+        "extract": "Extracting and decimating the mesh",
+        "fill": f"Filling surface the {n_input} input views never saw",
+        "texture": f"Unwrapping and baking a {texture_size} px texture",
+    }
+    with stages() as (start, advance):
+        made = gaussians_to_mesh(
+            g,
+            views=views,
+            resolution=resolution,
+            faces=faces,
+            trunc_voxels=trunc,
+            image_size=size,
+            device=dev,
+            on_view=lambda *_a: advance(),
+            texture_size=texture_size if texture else None,
+            on_stage=lambda name, total: start(labels[name], total),
+            cameras=input_cams,
+        )
+    result = made.mesh
     note = ""
-    if input_cams is not None:
-        with console.status(f"Filling surface the {len(input_cams)} input views never saw"):
-            filled = fill_unseen(result, g, input_cams, device=dev)
-        result = filled.mesh
-        note = f", {filled.filled.mean():.1%} of vertices unseen by {cameras.name} and filled"
-    if texture:
-        with console.status(f"Unwrapping and baking a {texture_size} px texture"):
-            result, baked = texture_mesh(result, renders, vol, texture_size)
-        note += f", {texture_size} px texture ({baked.seen_fraction:.1%} of texels seen)"
+    if made.filled is not None:
+        note = f", {made.filled:.1%} of vertices unseen by {cameras.name} and filled"
+    if made.texture_seen is not None:
+        note += f", {texture_size} px texture ({made.texture_seen:.1%} of texels seen)"
     with console.status("Writing the mesh"):
         written = export_mesh(result, output)
     names = " + ".join(str(p) for p in written)

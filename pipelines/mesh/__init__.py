@@ -46,11 +46,14 @@ from pipelines.mesh.unseen import fill_unseen
 from pipelines.splats.gaussians import Gaussians
 
 if TYPE_CHECKING:
+    import trimesh
+
     from pipelines.cameras import Cameras
 
 __all__ = [
     "FusionViews",
     "MESH_FORMATS",
+    "MeshResult",
     "TSDFVolume",
     "auto_trunc_voxels",
     "bake_texture",
@@ -318,6 +321,22 @@ def fuse_gaussians(
     return fuse_views(fv, resolution, trunc_voxels, device)
 
 
+@dataclass
+class MeshResult:
+    """What :func:`gaussians_to_mesh` made.
+
+    Attributes:
+        mesh: the ``trimesh.Trimesh`` (vertex colours, or UVs and a texture).
+        filled: fraction of its vertices that no input view saw and the fill replaced (None
+            when no cameras were given).
+        texture_seen: fraction of the texels some render saw (None without a texture).
+    """
+
+    mesh: trimesh.Trimesh
+    filled: float | None = None
+    texture_seen: float | None = None
+
+
 def gaussians_to_mesh(
     g: Gaussians,
     views: int = 60,
@@ -329,10 +348,10 @@ def gaussians_to_mesh(
     device: str = "cpu",
     on_view: Callable[[int], None] | None = None,
     texture_size: int | None = None,
-    on_texture: Callable[[], None] | None = None,
+    on_stage: Callable[[str, int | None], None] | None = None,
     cameras: Cameras | None = None,
-):
-    """Gaussians -> coloured triangle mesh (``trimesh.Trimesh``, z-up world like ``g``).
+) -> MeshResult:
+    """Gaussians -> coloured triangle mesh (z-up world like ``g``), with what each step did.
 
     Args:
         g: Gaussians.
@@ -348,7 +367,9 @@ def gaussians_to_mesh(
         texture_size: also UV-unwrap the mesh and bake a ``texture_size``-texel square texture
             from the renders (:func:`~pipelines.mesh.texture.texture_mesh`); the mesh then has
             UVs and a texture instead of vertex colours. None: vertex colours only.
-        on_texture: called when the texture step starts (progress).
+        on_stage: called as each step starts with its name and, for ``"render"``, the number
+            of views: ``render``, ``fuse``, ``extract``, ``fill`` (with ``cameras``),
+            ``texture`` (with ``texture_size``).
         cameras: the input views' cameras (in ``g``'s frame), if known: surface they never saw
             is replaced by a membrane over its seen border
             (:func:`~pipelines.mesh.unseen.fill_unseen`), before any texture is baked.
@@ -362,15 +383,22 @@ def gaussians_to_mesh(
         raise InputError(f"--trunc must be positive, got {trunc_voxels}")
     if texture_size is not None:
         check_texture_size(texture_size)
+    stage = on_stage or (lambda name, total: None)
     size = default_image_size(resolution) if image_size is None else image_size
+    stage("render", views)
     fv = render_views(g, views, size, device, on_view=on_view)
+    stage("fuse", None)
     vol = fuse_views(fv, resolution, trunc_voxels, device)
-    mesh = extract_mesh(vol, faces=faces, min_component=min_component)
-    if cameras is not None:
-        mesh = fill_unseen(mesh, g, cameras, device=device).mesh
     if texture_size is None:
-        return mesh
-    if on_texture is not None:
-        on_texture()
-    textured, _ = texture_mesh(mesh, fv, vol, texture_size)
-    return textured
+        del fv  # only the texture bake needs the renders
+    stage("extract", None)
+    result = MeshResult(extract_mesh(vol, faces=faces, min_component=min_component))
+    if cameras is not None:
+        stage("fill", None)
+        filled = fill_unseen(result.mesh, g, cameras, device=device)
+        result.mesh, result.filled = filled.mesh, float(filled.filled.mean())
+    if texture_size is not None:
+        stage("texture", None)
+        result.mesh, baked = texture_mesh(result.mesh, fv, vol, texture_size)
+        result.texture_seen = float(baked.seen_fraction)
+    return result
