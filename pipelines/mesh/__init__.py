@@ -243,6 +243,15 @@ def render_views(
     )
 
 
+def _check_fusion_options(resolution: int, trunc_voxels: float | None) -> None:
+    """One-line errors for a TSDF resolution outside 8-1024 or a non-positive truncation
+    (checked before any rendering, so a bad option fails at once)."""
+    if not 8 <= resolution <= 1024:
+        raise InputError(f"--resolution {resolution} is out of range; use 8-1024")
+    if trunc_voxels is not None and not trunc_voxels > 0:
+        raise InputError(f"--trunc must be positive, got {trunc_voxels}")
+
+
 def fuse_views(
     fv: FusionViews,
     resolution: int = 256,
@@ -257,10 +266,7 @@ def fuse_views(
         trunc_voxels: truncation in voxels; None = :func:`auto_trunc_voxels`.
         device: where the volume lives (CPU: numba fast path; CUDA: PyTorch).
     """
-    if not 8 <= resolution <= 1024:
-        raise InputError(f"--resolution {resolution} is out of range; use 8-1024")
-    if trunc_voxels is not None and not trunc_voxels > 0:
-        raise InputError(f"--trunc must be positive, got {trunc_voxels}")
+    _check_fusion_options(resolution, trunc_voxels)
     if trunc_voxels is None:
         trunc_voxels = auto_trunc_voxels(fv.scale, float((fv.hi - fv.lo).max()), resolution)
     vol = TSDFVolume.empty(fv.lo, fv.hi, resolution, trunc_voxels, color=True, device=device)
@@ -312,10 +318,7 @@ def fuse_gaussians(
         batch: views per rasteriser call.
         on_view: called with the number of views just rendered (progress).
     """
-    if not 8 <= resolution <= 1024:
-        raise InputError(f"--resolution {resolution} is out of range; use 8-1024")
-    if trunc_voxels is not None and not trunc_voxels > 0:
-        raise InputError(f"--trunc must be positive, got {trunc_voxels}")
+    _check_fusion_options(resolution, trunc_voxels)
     size = default_image_size(resolution) if image_size is None else image_size
     fv = render_views(g, views, size, device, batch, on_view)
     return fuse_views(fv, resolution, trunc_voxels, device)
@@ -377,10 +380,7 @@ def gaussians_to_mesh(
     Raises:
         InputError: bad options, or nothing to mesh.
     """
-    if not 8 <= resolution <= 1024:
-        raise InputError(f"--resolution {resolution} is out of range; use 8-1024")
-    if trunc_voxels is not None and not trunc_voxels > 0:
-        raise InputError(f"--trunc must be positive, got {trunc_voxels}")
+    _check_fusion_options(resolution, trunc_voxels)
     if texture_size is not None:
         check_texture_size(texture_size)
     stage = on_stage or (lambda name, total: None)

@@ -56,8 +56,7 @@ def seen_vertices(
     min_cos: float = 0.1,
 ) -> torch.Tensor:
     """Which points some view sees: in front of the camera, inside its image, facing it (not at
-    a grazing angle), on an
-    opaque pixel whose rendered depth matches the point's own.
+    a grazing angle), on an opaque pixel whose rendered depth matches the point's own.
 
     The depth test allows ``tol`` plus the depth change across one pixel of a surface as
     oblique as the point's normal (its pixel footprint times the tangent of the viewing angle,

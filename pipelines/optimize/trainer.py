@@ -4,6 +4,7 @@ One step renders one (or a few) training views, takes the loss
 
     (1 - lambda) L1(rgb) + lambda (1 - SSIM(rgb)) + w_alpha L1(alpha, mask)
         + w_opacity mean(4 o (1 - o)) + w_flat mean(s_min / s_max)
+        + w_novel mean(min(alpha_novel, 0.5))   (every few steps, a view off the training ring)
 
 and steps a per-parameter Adam. The parameters are kept in pre-activation form, under the
 names gsplat uses: ``means``, ``scales`` (log), ``quats`` (unnormalised), ``opacities``
