@@ -118,10 +118,16 @@ def test_seen_vertices_on_a_sphere_from_a_ring_above():
         opacities=torch.full((len(normals),), 0.99),
         colors=torch.full((len(normals), 3), 0.5),
     )
-    from pipelines.mesh.unseen import render_input_depth
+    from pipelines.raster import rasterize
+    from pipelines.raster.visibility import view_visibility
 
     cams = orbit_cameras(24, elevation_deg=10.0, radius=dist, fov_deg=20.0, size=128)
-    depth, alpha, cams = render_input_depth(g, cams, size=128)
+    vis = view_visibility(g, cams.c2w, cams.K, 128, 128)
+    depth, alpha = vis.depth, vis.alpha
+    with torch.no_grad():
+        plain = rasterize(g, cams.c2w[:3], cams.K[:3], 128, 128)
+    torch.testing.assert_close(depth[:3], plain.depth[..., 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(alpha[:3], plain.alpha[..., 0], atol=1e-5, rtol=0)
     seen = seen_vertices(
         torch.tensor(np.array(sphere.vertices)), normals, depth, alpha, cams.c2w, cams.K, 0.01
     ).numpy()

@@ -32,7 +32,6 @@ __all__ = [
     "anchored",
     "fill_unseen",
     "membrane_fill",
-    "render_input_depth",
     "seen_vertices",
     "unseen_patches",
 ]
@@ -167,29 +166,10 @@ def membrane_fill(
     return x, vals
 
 
-def render_input_depth(
-    g: Gaussians, cameras: Cameras, size: int = 256, device: str = "cpu", batch: int = 8
-) -> tuple[torch.Tensor, torch.Tensor, Cameras]:
-    """Render ``g``'s depth and opacity at the input cameras, longest side ``size`` pixels.
-
-    Returns:
-        ``(depth [V, H, W], alpha [V, H, W], cameras resized to H x W)``, on the CPU.
-    """
-    from pipelines.raster import rasterize
-
+def _resized(cameras: Cameras, size: int) -> Cameras:
+    """``cameras`` scaled so that the longest image side is ``size`` pixels."""
     s = size / max(cameras.width, cameras.height)
-    cams = cameras.resized(max(1, round(cameras.width * s)), max(1, round(cameras.height * s)))
-    gd = g.detach().to(device)
-    depth, alpha = [], []
-    with torch.no_grad():
-        for start in range(0, len(cams.c2w), batch):
-            idx = slice(start, start + batch)
-            out = rasterize(
-                gd, cams.c2w[idx].to(device), cams.K[idx].to(device), cams.width, cams.height
-            )
-            depth.append(out.depth[..., 0].cpu())
-            alpha.append(out.alpha[..., 0].cpu())
-    return torch.cat(depth), torch.cat(alpha), cams
+    return cameras.resized(max(1, round(cameras.width * s)), max(1, round(cameras.height * s)))
 
 
 def unseen_patches(faces: np.ndarray, unseen: np.ndarray) -> np.ndarray:
@@ -234,7 +214,7 @@ def fill_unseen(
        mesh was fused from; the input images are not needed);
     2. the unseen vertices form patches (:func:`unseen_patches`); a patch is filled only when
        the Gaussians under it were hidden in the views too: the median, over its vertices, of
-       the largest visible fraction (:func:`~pipelines.raster.visibility.view_contributions`) of
+       the largest visible fraction (:func:`~pipelines.raster.visibility.view_visibility`) of
        the 8 nearest Gaussians is below ``max_support``. A patch the views saw edge-on, such as
        the belly of an animal filmed from slightly above, keeps the fitted shape: its Gaussians
        were shaped by the silhouettes;
@@ -253,10 +233,13 @@ def fill_unseen(
     from scipy.spatial import cKDTree
 
     from pipelines.mesh import object_box
-    from pipelines.raster.visibility import view_contributions
+    from pipelines.raster.visibility import view_visibility
 
     _, _, _, radius = object_box(g)
-    depth, alpha, cams = render_input_depth(g, cameras, size, device)
+    cams = _resized(cameras, size)
+    # one render per view gives the depth for the seen test and the Gaussians' visibility
+    vis = view_visibility(g.detach().to(device), cams.c2w, cams.K, cams.width, cams.height)
+    depth, alpha = vis.depth.cpu(), vis.alpha.cpu()
     verts = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
     normals = torch.tensor(np.array(mesh.vertex_normals), dtype=torch.float32)
@@ -266,10 +249,8 @@ def fill_unseen(
     unseen = ~seen
     filled = np.zeros_like(unseen)
     if unseen.any():
-        gd = g.detach().to(device)
-        _, fraction = view_contributions(gd, cams.c2w, cams.K, cams.width, cams.height)
         _, nearest = cKDTree(g.means.detach().cpu().numpy()).query(verts, k=min(8, len(g)))
-        support = fraction.cpu().numpy()[nearest.reshape(len(verts), -1)].max(1)
+        support = vis.fraction.cpu().numpy()[nearest.reshape(len(verts), -1)].max(1)
         labels = unseen_patches(faces, unseen)
         for patch in np.unique(labels[unseen]):
             members = labels == patch

@@ -10,14 +10,14 @@ visible. Both are read off one backward pass: the image is linear in the colours
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from pipelines.splats.gaussians import Gaussians
 
-__all__ = ["footprint", "view_contributions"]
+__all__ = ["Visibility", "footprint", "view_contributions", "view_visibility"]
 
 
 def footprint(g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int) -> Tensor:
@@ -41,10 +41,30 @@ def footprint(g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int) -> 
         return torch.where(proj.valid[0], area, torch.zeros_like(area))
 
 
-def view_contributions(
+@dataclass
+class Visibility:
+    """What :func:`view_visibility` returns (N Gaussians, V views of H x W pixels).
+
+    Attributes:
+        weight: ``[N]`` largest, over the views, of the Gaussian's blending weight summed over
+            the view's pixels (in pixels).
+        fraction: ``[N]`` largest visible fraction (that weight over the Gaussian's footprint):
+            about 1 for a Gaussian nothing covers, 0 for one hidden in every view.
+        depth: ``[V, H, W]`` expected depth of each view (0 where alpha < 1e-6).
+        alpha: ``[V, H, W]`` accumulated opacity of each view.
+    """
+
+    weight: Tensor
+    fraction: Tensor
+    depth: Tensor
+    alpha: Tensor
+
+
+def view_visibility(
     g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int, backend: str = "auto"
-) -> tuple[Tensor, Tensor]:
-    """Largest, over the views, of each Gaussian's summed blending weight and visible fraction.
+) -> Visibility:
+    """Per-Gaussian visibility over V views, and the views' depth and alpha, from one render
+    (and one backward pass) per view.
 
     Args:
         g: N Gaussians (not modified; no gradient reaches them).
@@ -52,11 +72,6 @@ def view_contributions(
         K: ``[V, 3, 3]`` intrinsics in pixels.
         width, height: image size in pixels.
         backend: raster backend (see :func:`pipelines.raster.rasterize`).
-
-    Returns:
-        ``(weight [N], fraction [N])``: ``max_v sum_pixels w_i`` in pixels, and
-        ``max_v (sum_pixels w_i) / footprint_i``, about 1 for a Gaussian nothing covers and 0
-        for one hidden in every view.
     """
     from pipelines.raster import rasterize
 
@@ -65,6 +80,7 @@ def view_contributions(
     best = torch.zeros(len(g), device=g.means.device)
     best_fraction = torch.zeros_like(best)
     c2w, K = c2w.to(g.means.device), K.to(g.means.device)
+    depth, alpha = [], []
     for v in range(len(c2w)):
         out = rasterize(
             probe, c2w[v : v + 1], K[v : v + 1], width, height, (1.0, 1.0, 1.0), backend=backend
@@ -74,4 +90,15 @@ def view_contributions(
         best = torch.maximum(best, weight)
         area = footprint(probe, c2w[v : v + 1], K[v : v + 1], width, height)
         best_fraction = torch.maximum(best_fraction, weight / area.clamp_min(1e-12))
-    return best, best_fraction
+        depth.append(out.depth[0, ..., 0].detach())
+        alpha.append(out.alpha[0, ..., 0].detach())
+    return Visibility(best, best_fraction, torch.stack(depth), torch.stack(alpha))
+
+
+def view_contributions(
+    g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int, backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
+    """``(weight [N], fraction [N])`` of :func:`view_visibility`: each Gaussian's largest
+    summed blending weight over the views (pixels) and largest visible fraction."""
+    vis = view_visibility(g, c2w, K, width, height, backend)
+    return vis.weight, vis.fraction
