@@ -1,0 +1,142 @@
+"""Multi-view photometric consistency: the rendered depth of one view must warp its photo onto
+its neighbours' photos.
+
+Silhouettes cannot see into a concavity (an ear's cup, an eye socket), and a lid of Gaussians
+across it can reproduce every training view when the surface behind is near-uniform. The
+photos still disagree about the lid: a pixel's colour comes from the true surface point, so
+lifting the pixel to the lid's depth and projecting it into a neighbouring view lands on some
+other point of the cup. This term (as in multi-view-stereo regularised splatting) compares the
+reference photo with the neighbour's photo sampled at the warped positions; its gradient moves
+the rendered depth along each pixel's ray towards where the photos agree.
+
+Pixels are kept where the reference mask and the rendered alpha are solid, the warped point is
+in the neighbour's frame and mask, and the neighbour sees it: its depth there is not more than
+``occlusion`` (relative) in front of the neighbour's last rendered depth.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["backproject", "blur", "neighbour_views", "photometric_consistency", "project_points"]
+
+
+def backproject(depth: Tensor, c2w: Tensor, K: Tensor) -> Tensor:
+    """World points of every pixel centre lifted to its camera z.
+
+    Args:
+        depth: ``[H, W]`` camera z (positive, along the optical axis).
+        c2w: ``[4, 4]`` OpenGL camera-to-world.
+        K: ``[3, 3]`` intrinsics (pixel centres at ``i + 0.5``).
+
+    Returns:
+        ``[H, W, 3]`` world points.
+    """
+    h, w = depth.shape
+    v, u = torch.meshgrid(
+        torch.arange(h, device=depth.device, dtype=depth.dtype) + 0.5,
+        torch.arange(w, device=depth.device, dtype=depth.dtype) + 0.5,
+        indexing="ij",
+    )
+    x = (u - K[0, 2]) / K[0, 0]
+    y = -(v - K[1, 2]) / K[1, 1]  # OpenGL: +y up, the camera looks down -z
+    cam = torch.stack([x * depth, y * depth, -depth], -1)
+    return cam @ c2w[:3, :3].T + c2w[:3, 3]
+
+
+def project_points(points: Tensor, c2w: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
+    """Pixel positions ``[..., 2]`` (x right, y down, pixel centres at ``i + 0.5``) and camera z
+    ``[...]`` of world points ``[..., 3]`` in cameras ``c2w [..., 4, 4]``, ``K [..., 3, 3]``
+    (leading dimensions broadcast, e.g. points ``[P, 3]`` with ``c2w [M, 1, 4, 4]``)."""
+    rot, t = c2w[..., :3, :3], c2w[..., :3, 3]
+    cam = ((points - t)[..., None, :] @ rot)[..., 0, :]  # world -> camera: R^T (p - t)
+    z = -cam[..., 2]
+    zs = z.clamp(min=1e-6)
+    u = K[..., 0, 0] * cam[..., 0] / zs + K[..., 0, 2]
+    v = -K[..., 1, 1] * cam[..., 1] / zs + K[..., 1, 2]
+    return torch.stack([u, v], -1), z
+
+
+def neighbour_views(c2w: Tensor, k: int, max_angle_deg: float = 60.0) -> list[list[int]]:
+    """For each of V cameras ``c2w [V, 4, 4]``, the (up to) ``k`` others whose viewing
+    directions are closest to its own, within ``max_angle_deg``."""
+    d = F.normalize(-c2w[:, :3, 2].double(), dim=-1)
+    cos = d @ d.T
+    cos.fill_diagonal_(-2.0)
+    limit = torch.cos(torch.tensor(max_angle_deg, dtype=torch.float64).deg2rad())
+    out = []
+    for row in cos:
+        order = torch.argsort(row, descending=True)[:k]
+        out.append([int(j) for j in order if row[j] >= limit])
+    return out
+
+
+def blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of ``[B, C, H, W]`` (replicate padding); identity for
+    ``sigma <= 0``."""
+    if sigma <= 0:
+        return images
+    r = max(1, int(3 * sigma + 0.5))
+    x = torch.arange(-r, r + 1, dtype=images.dtype, device=images.device)
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    c = images.shape[1]
+    out = F.pad(images, (r, r, 0, 0), mode="replicate")
+    out = F.conv2d(out, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.pad(out, (0, 0, r, r), mode="replicate")
+    return F.conv2d(out, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _sample(images: Tensor, uv: Tensor, mode: str = "bilinear") -> Tensor:
+    """``[M, C, H, W]`` sampled at pixel positions ``[M, P, 2]`` -> ``[M, P, C]``."""
+    h, w = images.shape[-2:]
+    grid = torch.stack([uv[..., 0] / w * 2 - 1, uv[..., 1] / h * 2 - 1], -1)[:, None]
+    out = F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
+    return out[:, :, 0].transpose(1, 2)
+
+
+def photometric_consistency(
+    depth: Tensor,
+    valid: Tensor,
+    image: Tensor,
+    c2w: Tensor,
+    K: Tensor,
+    others: Tensor,
+    other_masks: Tensor,
+    other_depths: Tensor,
+    other_c2w: Tensor,
+    other_K: Tensor,
+    occlusion: float = 0.01,
+) -> Tensor:
+    """Mean L1 colour difference between a reference photo and its neighbours' photos sampled
+    where the reference's depth puts each pixel.
+
+    Args:
+        depth: ``[H, W]`` rendered camera z of the reference view (differentiable).
+        valid: ``[H, W]`` bool, pixels to use (solid mask and alpha).
+        image: ``[3, H, W]`` reference photo.
+        c2w, K: ``[4, 4]``, ``[3, 3]`` reference camera.
+        others: ``[M, 3, H', W']`` neighbour photos; other_masks ``[M, H', W']`` where their
+            photos may be sampled (> 0.99).
+        other_depths: ``[M, H', W']`` their last rendered depth (0 where unknown: no check).
+        other_c2w, other_K: ``[M, 4, 4]``, ``[M, 3, 3]``.
+        occlusion: relative depth margin of the visibility test.
+
+    Returns:
+        Scalar loss (0 when no pixel qualifies), differentiable w.r.t. ``depth``.
+    """
+    pts = backproject(depth, c2w, K)[valid][None]  # [1, P, 3]
+    ref = image.permute(1, 2, 0)[valid]  # [P, 3]
+    h, w = others.shape[-2:]
+    uv, z = project_points(pts, other_c2w[:, None], other_K[:, None])  # [M, P, 2], [M, P]
+    with torch.no_grad():
+        ok = (uv[..., 0] >= 0.5) & (uv[..., 0] <= w - 0.5) & (uv[..., 1] >= 0.5)
+        ok &= (uv[..., 1] <= h - 0.5) & (z > 0)
+        ok &= _sample(other_masks[:, None], uv, "nearest")[..., 0] > 0.99
+        seen = _sample(other_depths[:, None], uv, "nearest")[..., 0]
+        ok &= (seen <= 0) | (z <= seen * (1 + occlusion))
+        weight = ok.to(depth.dtype)
+    diff = (_sample(others, uv) - ref).abs().sum(-1)  # [M, P]
+    return (diff * weight).sum() / (3 * weight.sum()).clamp(min=1.0)
