@@ -668,30 +668,27 @@ class Generator:
                     up=opts.up,
                 )
             if opts.mesh:
-                from pipelines.mesh import gaussians_to_mesh
-                from pipelines.mesh.export import export_mesh
+                spec = rc.MeshSpec(
+                    resolution=opts.mesh_resolution,
+                    faces=opts.mesh_faces,
+                    texture_size=opts.texture_size,
+                )
+                on_stage(f"Mesh ({opts.mesh_resolution} voxels)", spec.views)
 
-                views_n = 60
-                on_stage(f"Mesh ({opts.mesh_resolution} voxels)", views_n)
-                texture = opts.texture_size
-
-                def mesh_stage(name: str, _total: int | None, texture=texture) -> None:
+                def mesh_stage(name: str, _total: int | None) -> None:
                     if name == "texture":
-                        on_stage(f"Mesh texture ({texture} px)", None)
+                        on_stage(f"Mesh texture ({spec.texture_size} px)", None)
 
-                with _measure(stats, "mesh" + (" + texture" if texture else ""), dev):
-                    made = gaussians_to_mesh(
+                with _measure(stats, "mesh" + (" + texture" if spec.texture_size else ""), dev):
+                    rc.write_mesh(
+                        stage_dir / "mesh.glb",
                         result.gaussians_model,
-                        views=views_n,
-                        resolution=opts.mesh_resolution,
-                        faces=opts.mesh_faces,
-                        device=dev,
+                        result.cameras_model,
+                        spec,
+                        dev,
                         on_view=lambda *_a: step(1),
-                        texture_size=texture,
                         on_stage=mesh_stage,
-                        cameras=result.cameras_model,
                     )
-                    export_mesh(made.mesh, stage_dir / "mesh.glb")
             files = _move_into(stage_dir, out_dir)
         except BaseException:
             shutil.rmtree(stage_dir, ignore_errors=True)

@@ -51,6 +51,7 @@ from pipelines.splats.gaussians import Gaussians
 __all__ = [
     "DEFAULT_SIZE",
     "MAX_VIEWS",
+    "MeshSpec",
     "OUTPUT_NAMES",
     "PRECISIONS",
     "RIGS",
@@ -68,6 +69,7 @@ __all__ = [
     "resolve_inputs",
     "resolve_precision",
     "to_model_frame",
+    "write_mesh",
     "write_outputs",
 ]
 
@@ -702,7 +704,14 @@ def write_outputs(
                 on_video_frame,
             )
         if mesh is not None:
-            _write_mesh(stage / OUTPUT_NAMES["mesh"], result, mesh, device, on_mesh_view)
+            write_mesh(
+                stage / OUTPUT_NAMES["mesh"],
+                result.gaussians,
+                result.cameras,
+                mesh,
+                device,
+                on_mesh_view,
+            )
         for target in targets:
             os.replace(stage / target.name, target)
     except BaseException:
@@ -717,24 +726,30 @@ def write_outputs(
     return targets
 
 
-def _write_mesh(
+def write_mesh(
     path: Path,
-    result: ReconResult,
+    g: Gaussians,
+    cameras: Cameras | None,
     spec: MeshSpec,
-    device: str,
-    on_view: Callable[[int], None] | None,
+    device: str = "cpu",
+    on_view: Callable[[int], None] | None = None,
+    on_stage: Callable[[str, int | None], None] | None = None,
 ) -> None:
+    """Mesh ``g`` by :func:`pipelines.mesh.gaussians_to_mesh` with ``spec``'s settings (the
+    input ``cameras``, same frame as ``g``, drive the unseen-surface fill) and export it to
+    ``path`` (format from the suffix)."""
     from pipelines.mesh import export_mesh, gaussians_to_mesh
 
     made = gaussians_to_mesh(
-        result.gaussians,
+        g,
         views=spec.views,
         resolution=spec.resolution,
         faces=spec.faces,
         device=device,
         on_view=on_view,
         texture_size=spec.texture_size,
-        cameras=result.cameras,
+        on_stage=on_stage,
+        cameras=cameras,
     )
     export_mesh(made.mesh, path)
 
