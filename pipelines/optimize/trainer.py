@@ -107,7 +107,8 @@ class TrainConfig:
         mvs_weight: weight of the multi-view photometric term
             (:func:`pipelines.optimize.photometric.photometric_consistency`): each step's
             rendered depth lifts the view's solid pixels to 3D, and the photo is compared (L1)
-            with its ``mvs_neighbours`` nearest views' photos sampled there (all blurred by
+            with its ``mvs_neighbours`` nearest views' photos (viewing directions within 60
+            degrees; a view with none is left out) sampled there (all blurred by
             ``mvs_blur`` px, silhouette edges left out, occlusion checked against each
             neighbour's last rendered depth); from step ``mvs_start`` (default 6 % of the
             run). Silhouettes cannot see into concavities, and over a near-uniform surface a lid
@@ -117,7 +118,8 @@ class TrainConfig:
             Suzanne 34.2 / 0.866 / 0.58 -> 36.3 / 0.925 / 0.39 -> 36.1 / 0.932 / 0.38, Spot
             37.1 / 0.985 / 0.69 -> 36.2 / 0.988 / 0.64 -> 35.7 / 0.987 / 0.64 (its depth moves
             by changing opacities too, which costs some colour), water bottle 36.7 / 0.913 /
-            0.59 -> 36.7 / 0.902 / 0.59 -> 36.0 / 0.904 / 0.59. It costs ~15 % time.
+            0.59 -> 36.7 / 0.902 / 0.59 -> 36.0 / 0.904 / 0.59. It costs ~10 % time on CPU
+            and ~60 % on CUDA (where the renders themselves are cheap).
         mvs_neighbours, mvs_blur, mvs_start: see ``mvs_weight``.
         flat_weight: weight of ``mean(smallest scale / largest scale)`` (the largest one
             detached), which keeps the Gaussians flat discs: their rendered depth then hugs the
