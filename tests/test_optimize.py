@@ -317,6 +317,18 @@ def test_optimizer_is_deterministic(spot64, spot_init) -> None:
     assert not torch.equal(a.means, c.means) or len(a) != len(c)
 
 
+def test_mvs_window(spot64, spot_init) -> None:
+    """Outside ``(mvs_start, mvs_stop]`` the photometric term adds nothing: a window that
+    closes at once gives the bits of a run without the term; an open one changes the fit."""
+    cams, images, masks = spot64
+    cfg = TrainConfig(iterations=12, seed=1, densify_start=2, densify_every=4, densify_stop=8)
+    off = optimize_gaussians(spot_init, cams, images, masks, replace(cfg, mvs_weight=0.0))
+    shut = optimize_gaussians(spot_init, cams, images, masks, replace(cfg, mvs_stop=0))
+    on = optimize_gaussians(spot_init, cams, images, masks, replace(cfg, mvs_start=0))
+    assert len(off) == len(shut) and torch.equal(off.means, shut.means)
+    assert len(on) != len(off) or not torch.equal(on.means, off.means)
+
+
 def test_opacity_weight_pushes_opacities_to_0_or_1(spot64, spot_init) -> None:
     cams, images, masks = spot64
     cfg = TrainConfig(iterations=30, densify_start=100, final_prune_opacity=0.0, min_contribution=0)
