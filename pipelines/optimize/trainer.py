@@ -113,9 +113,10 @@ class TrainConfig:
             neighbour's last rendered depth); from step ``mvs_start`` (default 6 % of the
             run) to ``mvs_stop`` (default: the end; stopping at 60 % gave Spot / Suzanne /
             water bottle +0.7 / +0.2 / +0.3 dB but F-score -0.005 / -0.006 / +0.002 and
-            Chamfer +4-9 %). Silhouettes cannot see into concavities, and over a near-uniform surface a lid
-            of Gaussians can repaint every training view; the photos still disagree about where
-            the lid is, and this pulls it back onto the surface. 0 disables. Measured
+            Chamfer +4-9 %). Silhouettes cannot see into concavities, and over a near-uniform
+            surface a lid of Gaussians can repaint every training view; the photos still
+            disagree about where the lid is, and this pulls it back onto the surface. 0
+            disables. Measured
             (bench/optimize.py, test PSNR / F-score / Chamfer vs hull) at 0 -> 0.5 -> 1:
             Suzanne 34.2 / 0.866 / 0.58 -> 36.3 / 0.925 / 0.39 -> 36.1 / 0.932 / 0.38, Spot
             37.1 / 0.985 / 0.69 -> 36.2 / 0.988 / 0.64 -> 35.7 / 0.987 / 0.64 (its depth moves
