@@ -19,6 +19,7 @@ from pipelines.optimize.photometric import (
     neighbour_views,
     photometric_consistency,
     project_points,
+    solid_pixels,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,17 @@ def test_neighbours_on_a_ring() -> None:
     for v in range(8):
         assert sorted(nb[v]) == sorted([(v - 1) % 8, (v + 1) % 8])
     assert neighbour_views(cams.c2w, 2, max_angle_deg=30.0) == [[] for _ in range(8)]
+
+
+def test_solid_pixels_erodes_the_silhouette() -> None:
+    masks = torch.zeros(1, 12, 12)
+    masks[0, 2:10, 3:9] = 1.0
+    masks[0, 5, 5] = 0.98  # not solid: its neighbourhood goes too
+    out = solid_pixels(masks, margin=1)
+    want = torch.zeros(12, 12)
+    want[3:9, 4:8] = 1.0
+    want[4:7, 4:7] = 0.0
+    torch.testing.assert_close(out[0], want)
 
 
 def test_blur_keeps_constants_and_mass() -> None:
@@ -87,9 +99,7 @@ def _loss(spot_views, ref_depth: torch.Tensor, valid: torch.Tensor) -> torch.Ten
 
 def _valid(spot_views) -> torch.Tensor:
     _, _, _, masks, depth = spot_views
-    solid = (masks[0] > 0.99).float()[None, None]
-    eroded = -torch.nn.functional.max_pool2d(-solid, 5, stride=1, padding=2)[0, 0] > 0.5
-    return eroded & (depth[0] > 0)
+    return (solid_pixels(masks[:1])[0] > 0.5) & (depth[0] > 0)
 
 
 def test_true_depth_is_where_spots_photos_agree(spot_views) -> None:

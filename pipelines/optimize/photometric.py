@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["backproject", "blur", "neighbour_views", "photometric_consistency", "project_points"]
+__all__ = [
+    "backproject",
+    "blur",
+    "neighbour_views",
+    "photometric_consistency",
+    "project_points",
+    "solid_pixels",
+]
 
 
 def backproject(depth: Tensor, c2w: Tensor, K: Tensor) -> Tensor:
@@ -87,6 +94,15 @@ def blur(images: Tensor, sigma: float) -> Tensor:
     out = F.conv2d(out, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     out = F.pad(out, (0, 0, r, r), mode="replicate")
     return F.conv2d(out, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def solid_pixels(masks: Tensor, margin: int = 2) -> Tensor:
+    """``[V, H, W]`` float 1 / 0: pixels of ``masks [V, H, W]`` above 0.99 whose neighbours
+    within ``margin`` px are too. Pixels next to a silhouette mix object and background (and a
+    blur spreads the background further in); warping onto them biases the depth backwards."""
+    solid = (masks > 0.99).to(masks.dtype)[:, None]
+    k = 2 * margin + 1
+    return (-F.max_pool2d(-solid, k, stride=1, padding=margin)[:, 0]).clamp(min=0)
 
 
 def _sample(images: Tensor, uv: Tensor, mode: str = "bilinear") -> Tensor:

@@ -537,11 +537,12 @@ def _render(
     if backend == "cpu":
         rgb, alpha, depth = rasterize_cpu(proj, feats, g.opacities, width, height, bg)
     else:
+        from pipelines.raster import _finish
         from pipelines.raster.reference import rasterize_reference
 
         acc, alpha = rasterize_reference(proj, feats, g.opacities, width, height)
-        rgb = acc[..., :3] + (1.0 - alpha) * bg[:, None, None, :]
-        depth = acc[..., 3:4] / alpha.clamp(min=1e-6)
+        out = _finish(acc, alpha, bg)
+        rgb, depth = out.rgb, out.depth
     return rgb, alpha, proj.means2d, visible, depth
 
 
@@ -715,16 +716,13 @@ class _Photometric:
     each view's neighbours, and the last rendered depth of every view (for visibility)."""
 
     def __init__(self, tg: _Targets, cfg: TrainConfig):
-        from pipelines.optimize.photometric import blur, neighbour_views
+        from pipelines.optimize.photometric import blur, neighbour_views, solid_pixels
 
         self.tg = tg
         self.images = blur(tg.rgb.permute(0, 3, 1, 2), cfg.mvs_blur)
         masks = torch.ones_like(self.images[:, 0]) if tg.alpha is None else tg.alpha[..., 0]
-        # pixels next to the silhouette mix object and background (the blur spreads the white
-        # background 3 sigma in), in the reference and where the warp lands: keep solid
-        # interiors only (sampling near a neighbour's edge biases the depth backwards)
-        solid = (masks > 0.99).float()[:, None]
-        self.solid = (-F.max_pool2d(-solid, 5, stride=1, padding=2)[:, 0]).clamp(min=0)
+        # solid interiors only, in the reference and where the warp lands
+        self.solid = solid_pixels(masks)
         self.neighbours = neighbour_views(tg.c2w, cfg.mvs_neighbours)
         self.depths = torch.zeros_like(masks)
 
