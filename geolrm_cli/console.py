@@ -19,10 +19,25 @@ def error_line(message: str) -> None:
     console.print(f"[bold red]error:[/] {first}", soft_wrap=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr: ``note:`` for :class:`pipelines.errors.Note`, else
+    ``warning:`` (never the file/line/source dump of Python's default)."""
+    from rich.markup import escape
+
+    from pipelines.errors import Note
+
+    kind = "note" if issubclass(category, Note) else "warning"
+    console.print(f"[yellow]{kind}:[/] " + escape(" ".join(str(message).split())), soft_wrap=True)
+
+
 def run_cli(app: typer.Typer) -> int:
-    """Run the Typer app; map bad input to exit code 2 and Ctrl-C to 130, without tracebacks."""
+    """Run the Typer app; map bad input to exit code 2 and Ctrl-C to 130, without tracebacks.
+    Library warnings and notes print as one line each (:func:`_show_warning`)."""
+    import warnings
+
     from pipelines.errors import InputError
 
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         rc = app(standalone_mode=False)  # click returns typer.Exit codes in this mode
     except InputError as e:
@@ -38,6 +53,8 @@ def run_cli(app: typer.Typer) -> int:
             e.show(file=sys.stderr)
             return 2
         raise
+    finally:
+        warnings.showwarning = shown
     return rc if isinstance(rc, int) else 0
 
 

@@ -12,3 +12,16 @@ class InputError(ValueError):
 
 class MissingWeightsError(InputError):
     """A model artifact is not available locally; the message says how to fetch it."""
+
+
+class Note(UserWarning):
+    """Something the user should know that is not an error (an input was adjusted, a slower path
+    was taken). The CLI prints it as one line ``note: <message>``; library users see a warning.
+    """
+
+
+def note(message: str) -> None:
+    """Emit ``message`` as a :class:`Note` (one line; shown once per call site and message)."""
+    import warnings
+
+    warnings.warn(" ".join(str(message).split()), Note, stacklevel=2)
