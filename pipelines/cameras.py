@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.errors import InputError
+from pipelines.errors import InputError, note
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -564,7 +564,13 @@ def _number(path: Path, where: str, key: str, value: Any) -> float:
     return float(value)
 
 
-def _check_pose(path: Path, i: int, raw: Any) -> np.ndarray:
+def _check_pose(path: Path, i: int, raw: Any) -> tuple[np.ndarray, float]:
+    """A validated 4x4 pose and the uniform scale found in its rotation (1.0 when rigid).
+
+    A rotation block ``s * R`` (a similarity: some capture tools store their world scale in
+    the rotation columns) is accepted and returned as ``R``, the camera centre unchanged;
+    shear, mirroring and singular blocks are refused.
+    """
     where = f"frame {i} transform_matrix"
     fix = "write a 4x4 OpenGL camera-to-world matrix (rotation columns, then the centre)"
     try:
@@ -590,13 +596,19 @@ def _check_pose(path: Path, i: int, raw: Any) -> np.ndarray:
             "use right-handed OpenGL axes (flip one axis back)",
         )
     dev = float(np.max(np.abs(rot.T @ rot - np.eye(3))))
-    if dev > _RIGID_TOL:
+    if dev <= _RIGID_TOL:
+        return m, 1.0  # rigid: kept exactly as written
+    scale = det ** (1.0 / 3.0)
+    unit = rot / scale
+    if float(np.max(np.abs(unit.T @ unit - np.eye(3)))) > _RIGID_TOL:
         raise _err(
             path,
             f"{where} rotation is not orthonormal (|R^T R - I| = {dev:.3g}; scaled or sheared?)",
             "write rigid poses and keep any world scale out of the rotation",
         )
-    return m
+    m = m.copy()
+    m[:3, :3] = unit
+    return m, scale
 
 
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "k5", "k6", "p1", "p2")
@@ -696,7 +708,9 @@ def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
       every distortion coefficient must be zero.
     * ``transform_matrix`` is an OpenGL camera-to-world (4x4, or 3x4). It is validated (finite,
       bottom row 0 0 0 1, proper rotation within 1e-3) and kept as written (not re-orthonormalised,
-      so float32 poses pass through bit-exactly).
+      so float32 poses pass through bit-exactly). A rotation block with a uniform scale (``s R``,
+      as some nerfstudio-processed captures store) is divided by ``s`` with the camera centre
+      kept, and one note says so; shear and mirroring are refused.
     * ``file_path`` is relative to the JSON's folder (or absolute); without an extension
       (NeRF-synthetic) ``.png``, ``.jpg``, ``.jpeg``, ``.webp`` are tried.
     * Frames keep the file's order. Other keys (``applied_transform``, ``aabb_scale``, ``scale``,
@@ -742,12 +756,16 @@ def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
     base = path.parent
     images: list[Path | None] = []
     poses = []
+    scales: list[float] = []
     for i, frame in enumerate(frames):
         if not isinstance(frame, dict):
             raise _err(path, f"frame {i} is not a JSON object", "fix the frames list")
         if "transform_matrix" not in frame:
             raise _err(path, f"frame {i} has no transform_matrix", "add its 4x4 camera-to-world")
-        poses.append(_check_pose(path, i, frame["transform_matrix"]))
+        pose, scale = _check_pose(path, i, frame["transform_matrix"])
+        poses.append(pose)
+        if scale != 1.0:
+            scales.append(scale)
         fp = frame.get("file_path")
         img = None
         if isinstance(fp, str) and fp:
@@ -763,6 +781,13 @@ def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
         elif require_images:
             raise _err(path, f"frame {i} has no file_path", "add the image path for every frame")
         images.append(img)
+    if scales:
+        lo, hi = min(scales), max(scales)
+        what = f"{lo:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g} to {hi:.3g}"
+        note(
+            f"{path}: {len(scales)} of {len(frames)} transform_matrix rotations carry a uniform "
+            f"scale ({what}); removed it from the rotations, camera centres kept"
+        )
     first_size = None
     if images[0] is not None and images[0].is_file():
         first_size = _image_size(path, images[0])

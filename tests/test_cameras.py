@@ -552,7 +552,12 @@ def _drop(*keys: str):
     return edit
 
 
-_SCALED = (np.array(_pose()) @ np.diag([2.0, 2.0, 2.0, 1.0])).tolist()
+# a uniform scale in the rotation is accepted (test_scaled_rotation_is_a_similarity); one
+# axis scaled alone, or a shear, is not a similarity and stays refused
+_SCALED = (np.array(_pose()) @ np.diag([2.0, 1.0, 1.0, 1.0])).tolist()
+_SHEARED = (
+    np.array(_pose()) @ np.array([[1, 0.3, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+).tolist()
 _FLIPPED = (np.array(_pose()) @ np.diag([1.0, 1.0, -1.0, 1.0])).tolist()
 _SINGULAR = np.array(_pose())
 _SINGULAR[:3, 2] = 0.0
@@ -572,6 +577,7 @@ _NAN[0, 3] = np.nan
         (_frame_with("transform_matrix", _NAN.tolist()), "NaN or infinite"),
         (_frame_with("transform_matrix", _SINGULAR.tolist()), "singular"),
         (_frame_with("transform_matrix", _SCALED), "not orthonormal"),
+        (_frame_with("transform_matrix", _SHEARED), "not orthonormal"),
         (_frame_with("transform_matrix", _FLIPPED), "reflection"),
         (_frame_with("transform_matrix", _pose()[:3] + [[0, 0, 1, 1]]), "bottom row"),
         (_drop("fl_x"), "no intrinsics"),
@@ -593,6 +599,40 @@ def test_load_transforms_errors(tmp_path: Path, edit, match: str) -> None:
         load_transforms(path)
     msg = str(info.value)
     assert "\n" not in msg and str(path) in msg
+
+
+def test_scaled_rotation_is_a_similarity(tmp_path: Path) -> None:
+    """Rotation columns scaled uniformly (a similarity, as a nerfstudio-processed capture with
+    world scale 0.21 stores them): the scale is removed, the camera centres kept, one note."""
+    import warnings
+
+    from pipelines.errors import Note
+
+    meta = _meta_ok(tmp_path)
+    rigid = [_pose(az) for az in (0.0, 40.0, 80.0)]
+    meta["frames"] = []
+    for pose in rigid:
+        m = np.array(pose)
+        m[:3, :3] *= 0.21
+        meta["frames"].append({"file_path": "0.png", "transform_matrix": m.tolist()})
+    path = _write_json(tmp_path / "cams.json", meta)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cams = load_transforms(path)
+    notes = [w for w in seen if issubclass(w.category, Note)]
+    assert len(notes) == 1, [str(w.message) for w in seen]
+    assert "3 of 3" in str(notes[0].message) and "(0.21)" in str(notes[0].message)
+    want = torch.tensor(rigid, dtype=torch.float32)
+    assert torch.allclose(cams.c2w, want, atol=1e-6)
+    rot = cams.c2w[:, :3, :3].double()
+    assert torch.allclose(rot.transpose(1, 2) @ rot, torch.eye(3, dtype=torch.float64), atol=1e-6)
+    # rigid poses are kept bit for bit and say nothing
+    meta["frames"] = [{"file_path": "0.png", "transform_matrix": p} for p in rigid]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        exact = load_transforms(_write_json(tmp_path / "rigid.json", meta))
+    assert not [w for w in seen if issubclass(w.category, Note)]
+    assert torch.equal(exact.c2w, want)
 
 
 def test_load_transforms_file_errors(tmp_path: Path) -> None:

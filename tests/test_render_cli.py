@@ -102,6 +102,30 @@ def test_render_given_cameras_matches_direct_rasterisation(cli, model_ply, tmp_p
     assert np.abs(img - direct[1].numpy()).max() <= 0.5 / 255 + 1e-6
 
 
+def test_render_cameras_with_scaled_rotations(cli, model_ply, tmp_path):
+    """A nerfstudio-processed capture that keeps its world scale (0.21) in the rotation columns
+    renders exactly the images of its rigid cameras, with one note line."""
+    cams = orbit_cameras(3, elevation_deg=15, radius=2.2, fov_deg=40, size=40)
+    scaled = cams.c2w.double().clone()
+    scaled[:, :3, :3] *= 0.21
+    frames = [
+        {"file_path": f"views/cam_{i}.png", "transform_matrix": scaled[i].tolist()}
+        for i in range(3)
+    ]
+    meta = {"fl_x": float(cams.K[0, 0, 0]), "cx": 20.0, "cy": 20.0, "w": 40, "h": 40}
+    (tmp_path / "cams.json").write_text(json.dumps({**meta, "frames": frames}))
+    out = tmp_path / "r"
+    code, _, err = cli(
+        "render", model_ply, "--cameras", tmp_path / "cams.json", "-o", out, "--background", "black"
+    )
+    assert code == 0, err
+    notes = [ln for ln in err.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "uniform scale (0.21)" in notes[0], err
+    direct = rasterize(load_ply(model_ply).gaussians, cams.c2w, cams.K, 40, 40).rgb
+    img = np.asarray(Image.open(out / "images" / "cam_2.png")).astype(np.float64) / 255
+    assert np.abs(img - direct[2].numpy()).max() <= 0.5 / 255 + 1e-6
+
+
 @pytest.mark.parametrize("up", ["-y", "y", "z"])
 def test_render_after_ply_round_trip_is_identical(tmp_path, up):
     g = blob_object(n=300, seed=3)
