@@ -49,6 +49,7 @@ from pathlib import Path
 
 import torch
 
+from pipelines.defaults import MIN_OPACITY, RIG_INPUT_SIZE
 from pipelines.errors import InputError
 
 __all__ = [
@@ -66,8 +67,20 @@ PathLike = str | os.PathLike
 
 #: Per-model defaults: views, steps, guidance, view tile size, GeoLRM input size.
 DEFAULTS = {
-    "zero123pp": {"views": 6, "steps": 75, "guidance": 4.0, "tile": 320, "size": 448},
-    "sv3d": {"views": 21, "steps": 50, "guidance": 2.5, "tile": 576, "size": 560},
+    "zero123pp": {
+        "views": 6,
+        "steps": 75,
+        "guidance": 4.0,
+        "tile": 320,
+        "size": RIG_INPUT_SIZE["zero123pp"],
+    },
+    "sv3d": {
+        "views": 21,
+        "steps": 50,
+        "guidance": 2.5,
+        "tile": 576,
+        "size": RIG_INPUT_SIZE["sv3d"],
+    },
 }
 UNET_CHOICES = ("instantmesh", "original")
 
@@ -100,7 +113,10 @@ class GenOptions:
             ``sv3d_p.safetensors`` file or a folder holding it) instead of the registry's.
         tile: view size of the multi-view model (320 / 576; smaller only for tiny test models).
         elevation: SV3D camera elevation in degrees.
+        official_cameras: SV3D frame i at azimuth ``i * 360 / 21`` as GeoLRM's official script
+            assigns (its output, rotated -17.14 deg about z), not ``(i + 1) * 360 / 21``.
         checkpoint / config / size / max_seq_len: GeoLRM (as ``geolrm recon``).
+        min_opacity: GeoLRM's Gaussians below this opacity are dropped (0 keeps all).
         refine: refinement steps after GeoLRM (0 = none).
         video / video_frames / video_resolution / fps: the turntable.
         mesh / mesh_resolution / mesh_faces: ``mesh.glb``.
@@ -124,10 +140,12 @@ class GenOptions:
     mv_weights: Path | None = None
     tile: int | None = None
     elevation: float = 10.0
+    official_cameras: bool = False
     checkpoint: Path | None = None
     config: Path | dict | None = None
     size: int | None = None
     max_seq_len: int | None = None
+    min_opacity: float = MIN_OPACITY
     refine: int = 0
     video: bool = True
     video_frames: int = 120
@@ -165,6 +183,7 @@ class GenResult:
     gaussians: int
     stages: list[StageStat] = field(default_factory=list)
     alpha_source: str = ""
+    dropped: int = 0
 
     @property
     def seconds(self) -> float:
@@ -446,7 +465,8 @@ class _SV3D:
             on_step=on_step,
         )
         images = out.frame_images()
-        return _Views(_sheet(images, 7), images, sv3d_cameras(self.opts.elevation, size), self.used)
+        cams = sv3d_cameras(self.opts.elevation, size, official_offset=self.opts.official_cameras)
+        return _Views(_sheet(images, 7), images, cams, self.used)
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,6 +501,12 @@ class Generator:
         if opts.refine < 0:
             raise InputError(f"--refine must be >= 0, got {opts.refine}")
         rc.check_size(opts.get("size"))
+        rc.check_min_opacity(opts.min_opacity)
+        if opts.official_cameras and opts.mv != "sv3d":
+            raise InputError(
+                "--official-cameras is an SV3D option (GeoLRM's SV3D script assigns frame i "
+                "azimuth i*360/21); leave it out with --mv zero123pp"
+            )
         if not 0.0 < opts.foreground_ratio <= 1.0:
             raise InputError(f"--foreground-ratio must be in (0, 1], got {opts.foreground_ratio}")
         if opts.texture_size is not None:
@@ -630,6 +656,7 @@ class Generator:
                     precision=self.recon_precision,
                     seed=seed,
                     on_stage=lambda name: on_stage(f"GeoLRM: {name}", None),
+                    min_opacity=opts.min_opacity,
                 )
             if opts.refine:
                 from pipelines.optimize import refine_result
@@ -705,4 +732,5 @@ class Generator:
             gaussians=len(result.gaussians),
             stages=stats,
             alpha_source=prep.alpha_source,
+            dropped=result.dropped,
         )

@@ -45,20 +45,26 @@ from pipelines.cameras import (
     sv3d_cameras,
     zero123pp_cameras,
 )
+from pipelines.defaults import DEFAULT_SIZE, MIN_OPACITY, RIG_INPUT_SIZE
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
 
 __all__ = [
     "DEFAULT_SIZE",
     "MAX_VIEWS",
+    "MIN_OPACITY",
+    "RIG_INPUT_SIZE",
     "MeshSpec",
     "OUTPUT_NAMES",
     "PRECISIONS",
     "RIGS",
     "PreparedViews",
     "ReconResult",
+    "check_min_opacity",
     "check_size",
     "check_view_count",
+    "default_size",
+    "input_rig",
     "list_images",
     "load_config",
     "load_model",
@@ -75,7 +81,6 @@ __all__ = [
 
 PathLike = str | os.PathLike
 
-DEFAULT_SIZE = 448
 MAX_VIEWS = 32
 PATCH = 14
 #: Named rigs and the view counts they accept.
@@ -117,6 +122,21 @@ def check_size(size: int) -> None:
         )
 
 
+def default_size(rig: str | None = None) -> int:
+    """GeoLRM input size for views of ``rig`` (:data:`RIG_INPUT_SIZE`); :data:`DEFAULT_SIZE`
+    for the user's own cameras (``rig`` None or not a named rig)."""
+    return RIG_INPUT_SIZE.get(str(rig).lower(), DEFAULT_SIZE) if rig else DEFAULT_SIZE
+
+
+def check_min_opacity(min_opacity: float) -> None:
+    """``--min-opacity`` must lie in [0, 1)."""
+    if not 0.0 <= float(min_opacity) < 1.0:
+        raise InputError(
+            f"--min-opacity must be in [0, 1), got {min_opacity}; "
+            f"use {MIN_OPACITY} (the official pruning) or 0 to keep every Gaussian"
+        )
+
+
 def resolve_precision(precision: str, device: str) -> torch.dtype:
     """``fp32`` anywhere; ``bf16`` / ``fp16`` (autocast) on CUDA only."""
     if precision not in PRECISIONS:
@@ -150,7 +170,7 @@ def list_images(folder: PathLike) -> list[Path]:
     return sorted(items, key=_natural_key)
 
 
-def _rig_cameras(folder: Path, rig: str, elevation_deg: float) -> Cameras:
+def _rig_cameras(folder: Path, rig: str, elevation_deg: float, official: bool) -> Cameras:
     if not folder.is_dir():
         raise InputError(
             f"{folder}: --cameras {rig} takes a folder of the {rig} views; pass that folder"
@@ -180,7 +200,7 @@ def _rig_cameras(folder: Path, rig: str, elevation_deg: float) -> Cameras:
     if rig == "zero123pp":
         cams = zero123pp_cameras(len(images), size=w)
     else:
-        cams = sv3d_cameras(elevation_deg=elevation_deg, size=w)
+        cams = sv3d_cameras(elevation_deg=elevation_deg, size=w, official_offset=official)
     return Cameras(cams.c2w, cams.K, cams.width, cams.height, images)
 
 
@@ -245,8 +265,34 @@ def _match_images(cams: Cameras, cam_file: Path, views: Path | None) -> Cameras:
     return Cameras(cams.c2w, cams.K, cams.width, cams.height, images)
 
 
+def input_rig(path: PathLike, cameras: str | PathLike | None = None) -> str | None:
+    """The named rig ``resolve_inputs(path, cameras)`` reads: ``cameras`` itself when it names
+    one, else the generator recorded in a ``transforms.json`` that ``geolrm gen`` wrote
+    (``views/transforms.json``, key ``geolrm.generator``), else None (the user's own cameras)."""
+    if cameras is not None:
+        name = str(cameras).lower()
+        if name in RIGS:
+            return name
+        cam_file = Path(cameras)
+    else:
+        path = Path(path)
+        cam_file = path / "transforms.json" if path.is_dir() else path
+    if cam_file.is_dir():
+        cam_file = cam_file / "transforms.json"
+    try:
+        meta = json.loads(cam_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # resolve_inputs reports a bad camera file
+    info = meta.get("geolrm") if isinstance(meta, dict) else None
+    rig = info.get("generator") if isinstance(info, dict) else None
+    return rig if rig in RIGS else None
+
+
 def resolve_inputs(
-    path: PathLike, cameras: str | PathLike | None = None, rig_elevation_deg: float = 10.0
+    path: PathLike,
+    cameras: str | PathLike | None = None,
+    rig_elevation_deg: float = 10.0,
+    official_cameras: bool = False,
 ) -> Cameras:
     """Find the views and their cameras (images are only opened for a named rig's size).
 
@@ -258,6 +304,9 @@ def resolve_inputs(
             takes ``path``'s images in sorted order); or a rig name, ``"zero123pp"`` (6 views,
             or the official 4-view subset 0, 2, 4, 5) or ``"sv3d"`` (21 SV3D_p frames in output
             order, at ``rig_elevation_deg``), whose views are ``path``'s images in sorted order.
+        official_cameras: with ``cameras="sv3d"``, frame i at azimuth ``i * 360 / 21`` as
+            GeoLRM's ``run_geolrm_sv3d.py`` assigns, instead of ``(i + 1) * 360 / 21`` (the
+            azimuths SV3D generated them at); see :func:`~pipelines.cameras.sv3d_azimuths_deg`.
 
     Returns:
         Cameras with ``image_paths``, in the user's frame (a rig's are in the model frame).
@@ -269,8 +318,12 @@ def resolve_inputs(
     if not path.exists():
         raise InputError(f"{path} does not exist; pass a folder of views or a transforms.json")
     name = None if cameras is None else str(cameras)
+    if official_cameras and (name is None or name.lower() != "sv3d"):
+        raise InputError(
+            "--official-cameras applies to SV3D views (--cameras sv3d); leave it out otherwise"
+        )
     if name is not None and name.lower() in RIGS:
-        cams = _rig_cameras(path, name.lower(), rig_elevation_deg)
+        cams = _rig_cameras(path, name.lower(), rig_elevation_deg, official_cameras)
     elif name is not None:
         cam_file = Path(name)
         if not path.is_dir():
@@ -463,6 +516,8 @@ class ReconResult:
         cameras_model: the same in the model frame.
         gs_per_token: Gaussians per anchor (K).
         timings: seconds per stage.
+        dropped: GeoLRM Gaussians dropped for an opacity below ``min_opacity`` (they are in
+            ``raw_gaussians``, not in ``gaussians``).
     """
 
     gaussians: Gaussians
@@ -475,6 +530,7 @@ class ReconResult:
     cameras_model: Cameras
     gs_per_token: int
     timings: dict[str, float] = field(default_factory=dict)
+    dropped: int = 0
 
 
 #: Model submodules whose start marks a stage (progress callbacks).
@@ -494,6 +550,7 @@ def reconstruct(
     precision: str = "fp32",
     seed: int | None = None,
     on_stage: Callable[[str], None] | None = None,
+    min_opacity: float = MIN_OPACITY,
 ) -> ReconResult:
     """Reconstruct 3D Gaussians from posed views.
 
@@ -506,7 +563,10 @@ def reconstruct(
         precision: ``fp32``; ``bf16``/``fp16`` run under CUDA autocast.
         seed: seeds torch and the model's anchor subset (None keeps the model's seed).
         on_stage: called with a short name as each model stage starts.
+        min_opacity: Gaussians with a lower opacity are dropped (:data:`MIN_OPACITY`, as the
+            official scripts; 0 keeps all); ``raw_gaussians`` keeps every one.
     """
+    check_min_opacity(min_opacity)
     dtype = resolve_precision(precision, device)
     prep = cams if isinstance(cams, PreparedViews) else prepare_views(cams, size)
     if seed is not None:
@@ -530,6 +590,9 @@ def reconstruct(
     n = int(out.anchor_counts[0])
     k = int(out.gs_per_token)
     g_model = out.to_gaussians(0).to("cpu", torch.float32, copy=True)  # plain tensors
+    total = len(g_model)
+    if min_opacity > 0:
+        g_model = g_model[g_model.opacities >= min_opacity]
     return ReconResult(
         gaussians=_to_user(g_model, prep.model_from_user),
         gaussians_model=g_model,
@@ -541,6 +604,7 @@ def reconstruct(
         cameras_model=prep.cameras_model,
         gs_per_token=k,
         timings=dict(out.timings),
+        dropped=total - len(g_model),
     )
 
 

@@ -331,6 +331,28 @@ def test_sv3d_chain(tmp_path, sv3d_dir, cli) -> None:
     assert (out / "model.ply").is_file()
 
 
+def test_sv3d_official_cameras(tmp_path, sv3d_dir, cli) -> None:
+    """--official-cameras: SV3D frame i at azimuth i*360/21, the cameras GeoLRM's script gives
+    them (``src/utils/camera_util.py:133``, ``np.linspace(0, 360, 21, endpoint=False)``;
+    ``run_geolrm_sv3d.py:105``), recorded in views/transforms.json so `geolrm recon out/views`
+    reruns with them, at SV3D's GeoLRM input size 560 (``run_geolrm_sv3d.py:103``)."""
+    from pipelines.cameras import load_transforms, sv3d_cameras
+    from pipelines.reconstruct import default_size, input_rig
+
+    out = tmp_path / "out"
+    args = ["--mv", "sv3d", "--mv-weights", sv3d_dir, *GEOLRM, *FAST, "--views", "4"]
+    code, _, err = cli("gen", PHOTO, "-o", out, *args, "--official-cameras")
+    assert code == 0, err
+    assert "dropped below opacity 0.005" in err
+    cams = load_transforms(out / "views" / "transforms.json")
+    rig = sv3d_cameras(10.0, tm.SV3D_SIZE, official_offset=True).subset([0, 5, 10, 15, 20])
+    assert torch.allclose(cams.c2w, rig.c2w, atol=1e-6)
+    assert abs(float(cams.c2w[0, 1, 3])) < 1e-6  # frame 0 at azimuth 0 (+x)
+    assert default_size(input_rig(out / "views")) == 560
+    code, _, err = cli("gen", PHOTO, "-o", tmp_path / "z", *GEOLRM, "--official-cameras")
+    assert code == 2 and "--official-cameras is an SV3D option" in err, err
+
+
 def test_sv3d_missing_weights(empty_caches, tmp_path, cli) -> None:
     code, _, err = cli("gen", PHOTO, "-o", tmp_path / "o", "--mv", "sv3d", *GEOLRM)
     assert code == 2

@@ -143,6 +143,83 @@ def test_golden_gaussians_through_the_cli(tiny_run: Path, golden, meta) -> None:
     assert_activated_close(g.colors, want[:, 11:14], "colors")
 
 
+def test_min_opacity_drops_faint_gaussians(
+    tiny_run: Path, golden, meta, tmp_path, capsys, monkeypatch
+):
+    """--min-opacity keeps the Gaussians with opacity >= the threshold, as the official
+    ``save_ply`` does with 0.005 (GeoLRM ``src/models/renderer/gaussian_renderer.py:184-185``:
+    ``mask = opacity.squeeze(-1) >= 0.005``); the tiny model has none that faint, so a higher
+    threshold shows the rule. The raw tensors keep every Gaussian; 0 keeps all."""
+    from pipelines.defaults import MIN_OPACITY
+
+    assert MIN_OPACITY == 0.005
+    n = meta["anchor_count"] * meta["tiny_config"]["lrm_generator"]["gs_per_token"]
+    want = golden["pipeline.gaussians"][0, :n]
+    # a threshold in a gap of the sorted opacities: the CLI's output (within 2e-6 of the golden
+    # one) falls on the same side of it
+    v = want[:, 3].sort().values
+    k = n // 2 + int(torch.argmax((v[n // 2 + 1 :] - v[n // 2 : -1] > 1e-4).int()))
+    threshold = float((v[k] + v[k + 1]) / 2)
+    keep = want[:, 3] >= threshold
+    out = tmp_path / "out"
+    args = ["--min-opacity", f"{threshold!r}", "--no-video", "--save-raw", "-o", out]
+    rc, err = recon(capsys, monkeypatch, VIEWS, *TINY, *args)
+    assert rc == 0, err
+    assert f"{int((~keep).sum()):,} dropped below opacity" in err
+    g = load_ply(out / "model.ply").gaussians
+    assert len(g) == int(keep.sum()) < n
+    assert_activated_close(g.means, want[keep, 0:3], "means")
+    assert_activated_close(g.opacities, want[keep, 3], "opacities")
+    assert load_file(str(out / "raw.safetensors"))["gaussians"].shape[0] == n
+    rc, err = recon(
+        capsys, monkeypatch, VIEWS, *TINY, "--min-opacity", "0", "--no-video", "-o", out
+    )
+    assert rc == 0, err
+    assert len(load_ply(out / "model.ply").gaussians) == n
+    rc, err = recon(capsys, monkeypatch, VIEWS, *TINY, "--min-opacity", "1", "-o", tmp_path / "x")
+    assert_clean_error(rc, err, tmp_path / "x", "--min-opacity must be in [0, 1)")
+
+
+def test_rig_input_size_and_official_cameras(tmp_path, capsys, monkeypatch) -> None:
+    """Without --size, SV3D views enter GeoLRM at 560 px (GeoLRM ``run_geolrm_sv3d.py:103``:
+    ``v2.functional.resize(images, 560, ...)``), Zero123++ views at 448
+    (``run_geolrm_zero123.py:170``) and the user's own cameras at 448. --official-cameras puts
+    SV3D frame i at azimuth i*360/21 (``src/utils/camera_util.py:133``:
+    ``np.linspace(0, 360, 21, endpoint=False)``); the default is (i+1)*360/21."""
+    from pipelines.cameras import sv3d_cameras
+    from pipelines.reconstruct import default_size, input_rig
+
+    src = sorted((VIEWS / "images").iterdir())[0]
+    folder = tmp_path / "sv3d_views"
+    folder.mkdir()
+    for i in range(21):
+        shutil.copy(src, folder / f"{i:02d}.png")
+    no_size = TINY[:4]  # without --size
+    out = tmp_path / "out"
+    rc, err = recon(
+        capsys, monkeypatch, folder, "--cameras", "sv3d", "--official-cameras", *no_size,
+        "--no-video", "-o", out,
+    )  # fmt: skip
+    assert rc == 0, err
+    used = json.loads((out / "cameras.json").read_text())["geolrm"]
+    assert used["size"] == 560
+    official = sv3d_cameras(10.0, 560, official_offset=True).c2w.double()
+    got = torch.tensor(used["model_frame_transform_matrices"], dtype=torch.float64)
+    assert torch.allclose(got, official, atol=1e-6)
+    az = torch.rad2deg(torch.atan2(official[:, 1, 3], official[:, 0, 3])) % 360
+    assert torch.allclose(az, torch.arange(21, dtype=torch.float64) * 360 / 21, atol=1e-9)
+    default = sv3d_cameras(10.0, 560).c2w.double()
+    az_default = torch.rad2deg(torch.atan2(default[:, 1, 3], default[:, 0, 3])) % 360
+    assert torch.allclose(az_default[:20], az[1:], atol=1e-9) and abs(float(az_default[20])) < 1e-9
+    # the rule itself, for each kind of input
+    assert default_size(input_rig(folder, "sv3d")) == 560
+    assert default_size(input_rig(folder, "zero123pp")) == 448
+    assert input_rig(VIEWS) is None and default_size(input_rig(VIEWS)) == 448
+    # --official-cameras belongs to the SV3D rig
+    rc, err = recon(capsys, monkeypatch, VIEWS, *TINY, "--official-cameras", "-o", tmp_path / "y")
+    assert_clean_error(rc, err, tmp_path / "y", "--official-cameras applies to SV3D views")
+
+
 def _random_similarity(seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     q = torch.nn.functional.normalize(torch.randn(4, generator=gen, dtype=torch.float64), dim=0)

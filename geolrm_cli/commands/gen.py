@@ -20,6 +20,7 @@ import typer
 
 from geolrm_cli.console import stages
 from geolrm_cli.options import DEVICE, MESH, MESH_RESOLUTION, TEXTURE, TEXTURE_SIZE, Up
+from pipelines.defaults import MIN_OPACITY, RIG_INPUT_SIZE
 
 
 class MultiView(str, Enum):
@@ -129,6 +130,13 @@ def gen(
     elevation: float = typer.Option(
         10.0, "--elevation", help="sv3d: camera elevation of the orbit in degrees."
     ),
+    official_cameras: bool = typer.Option(
+        False,
+        "--official-cameras",
+        help="sv3d: frame i at azimuth i*360/21 as GeoLRM's official script assigns "
+        "(reproduces its output, rotated 17.14 deg about z), instead of (i+1)*360/21, the "
+        "azimuths SV3D generated the frames at.",
+    ),
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="GeoLRM weights. Default: the registry's 'geolrm' artifact."
     ),
@@ -138,7 +146,15 @@ def gen(
     size: int | None = typer.Option(
         None,
         "--size",
-        help="GeoLRM input size, multiple of 14 (zero123pp 448, sv3d 560).",
+        help="GeoLRM input size, multiple of 14 (default as the official scripts: "
+        + ", ".join(f"{k} {v}" for k, v in RIG_INPUT_SIZE.items())
+        + ").",
+    ),
+    min_opacity: float = typer.Option(
+        MIN_OPACITY,
+        "--min-opacity",
+        help="Drop GeoLRM's Gaussians below this opacity before saving and rendering, as the "
+        "official scripts do; 0 keeps all.",
     ),
     max_seq_len: int | None = typer.Option(
         None, "--max-seq-len", min=1, help="GeoLRM anchors kept (default: the config's)."
@@ -214,10 +230,12 @@ def gen(
         mv_weights=mv_weights,
         tile=tile,
         elevation=elevation,
+        official_cameras=official_cameras,
         checkpoint=checkpoint,
         config=config,
         size=size,
         max_seq_len=max_seq_len,
+        min_opacity=min_opacity,
         refine=refine,
         video=video,
         video_frames=video_frames,
@@ -250,8 +268,9 @@ def gen(
             continue
         results.append(result)
         console.print(_stage_table(result))
+        dropped = f", {result.dropped:,} dropped below opacity {min_opacity:g}" * (min_opacity > 0)
         console.print(
-            f"[green]done:[/] {result.gaussians:,} Gaussians from {src.name} -> {out}/ "
+            f"[green]done:[/] {result.gaussians:,} Gaussians{dropped} from {src.name} -> {out}/ "
             f"({', '.join(sorted(p.name for p in result.files))})",
             soft_wrap=True,
         )

@@ -25,6 +25,7 @@ import typer
 
 from geolrm_cli.console import stages
 from geolrm_cli.options import DEVICE, MESH, MESH_RESOLUTION, TEXTURE, TEXTURE_SIZE
+from pipelines.defaults import MIN_OPACITY
 from pipelines.errors import InputError
 
 
@@ -81,8 +82,17 @@ def recon(
         help="Architecture JSON (dino/serializer/lrm_generator sections, or a file with a "
         "'tiny_config' key). Default: the released model.",
     ),
-    size: int = typer.Option(
-        448, "--size", help="Model input size in pixels (multiple of 14); views are padded square."
+    size: int | None = typer.Option(
+        None,
+        "--size",
+        help="Model input size in pixels (multiple of 14); views are padded square. Default: "
+        "the rig's (zero123pp 448, sv3d 560, as the official scripts), 448 for your own cameras.",
+    ),
+    min_opacity: float = typer.Option(
+        MIN_OPACITY,
+        "--min-opacity",
+        help="Drop GeoLRM's Gaussians below this opacity before saving and rendering, as the "
+        "official scripts do; 0 keeps all.",
     ),
     max_seq_len: int | None = typer.Option(
         None, "--max-seq-len", min=1, help="Anchors kept (default: the config's, 8192 released)."
@@ -104,6 +114,13 @@ def recon(
     texture_size: int = TEXTURE_SIZE,
     rig_elevation: float = typer.Option(
         10.0, "--rig-elevation", help="Elevation in degrees of the sv3d rig's views."
+    ),
+    official_cameras: bool = typer.Option(
+        False,
+        "--official-cameras",
+        help="With --cameras sv3d: frame i at azimuth i*360/21 as GeoLRM's official script "
+        "assigns (reproduces its output, rotated 17.14 deg about z), instead of (i+1)*360/21, "
+        "the azimuths SV3D generated the frames at.",
     ),
     device: str = DEVICE,
     precision: Precision = typer.Option(
@@ -169,15 +186,21 @@ def recon(
     rc.resolve_precision(precision.value, dev)
     optimize = method == Method.optimize
     if optimize:
-        _check_optimize_options(checkpoint, config, refine, precision, max_seq_len)
+        _check_optimize_options(
+            checkpoint, config, refine, precision, max_seq_len, size, min_opacity
+        )
     elif iterations is not None:
         raise InputError(
             "--iterations applies to --method optimize; with GeoLRM use --refine N to "
             "optimise its Gaussians for N steps"
         )
     else:
+        size = size or rc.default_size(rc.input_rig(views, cameras))
         rc.check_size(size)
-    cams = rc.resolve_inputs(views, cameras, rig_elevation_deg=rig_elevation)
+        rc.check_min_opacity(min_opacity)
+    cams = rc.resolve_inputs(
+        views, cameras, rig_elevation_deg=rig_elevation, official_cameras=official_cameras
+    )
     if output is None:
         base = views if views.is_dir() else views.parent
         output = base.resolve().parent / f"{base.resolve().name}_recon"
@@ -226,7 +249,13 @@ def recon(
             start("Loading GeoLRM")
             model = rc.load_model(weights, config_dict, max_seq_len=max_seq_len, seed=seed)
             result = rc.reconstruct(
-                prep, model, device=dev, precision=precision.value, seed=seed, on_stage=start
+                prep,
+                model,
+                device=dev,
+                precision=precision.value,
+                seed=seed,
+                on_stage=start,
+                min_opacity=min_opacity,
             )
             del model
             history = []
@@ -289,6 +318,8 @@ def recon(
         how = f"optimised {len(history)} steps"
     else:
         how = f"{int(result.anchors.shape[0]):,} anchors"
+        if min_opacity > 0:
+            how += f", {result.dropped:,} dropped below opacity {min_opacity:g}"
         if history:
             how += f", refined {len(history)} steps"
     tail = history[-20:]
@@ -300,7 +331,9 @@ def recon(
     )
 
 
-def _check_optimize_options(checkpoint, config, refine, precision, max_seq_len) -> None:
+def _check_optimize_options(
+    checkpoint, config, refine, precision, max_seq_len, size, min_opacity
+) -> None:
     """--method optimize uses no network: refuse the options that only GeoLRM reads."""
     given = [
         name
@@ -310,11 +343,14 @@ def _check_optimize_options(checkpoint, config, refine, precision, max_seq_len) 
             ("--refine", bool(refine)),
             ("--precision", precision != Precision.fp32),
             ("--max-seq-len", max_seq_len is not None),
+            ("--size", size is not None),
+            ("--min-opacity", min_opacity != MIN_OPACITY),
         )
         if used
     ]
     if given:
         hint = "; use --iterations for the number of steps" if "--refine" in given else ""
+        hint += "; use --resolution for the size the views are fitted at" * ("--size" in given)
         raise InputError(
             f"{', '.join(given)} only apply to --method geolrm (--method optimize uses no "
             f"network){hint}"
