@@ -211,7 +211,7 @@ def _frame_paths(cam_file: Path) -> list[str | None]:
 
 
 def _match_images(cams: Cameras, cam_file: Path, views: Path | None) -> Cameras:
-    from pipelines.cameras import _resolve_image
+    from pipelines.cameras.cameras import _resolve_image
 
     raw = _frame_paths(cam_file)
     named = [fp for fp in raw if fp]
