@@ -1,5 +1,9 @@
 """Registry of the model weights geolrm uses (``weights.toml``) and a front-end to their caches.
 
+The registry ships inside the package (``pipelines/weights.toml``, read through
+:mod:`importlib.resources`, so a wheel or ``pip install .`` finds it as well as the editable
+install); ``GEOLRM_WEIGHTS_REGISTRY=/path/to/weights.toml`` replaces it.
+
 Hugging Face artifacts live in the standard HF cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``,
 else ``~/.cache/huggingface/hub``), so files fetched by ``hf download`` or by diffusers /
 transformers are found too. URL artifacts live in their own folder: rembg models where rembg
@@ -18,6 +22,7 @@ Nothing here imports huggingface_hub at module level (the CLI must start fast).
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
 import sys
 from collections.abc import Callable
@@ -32,7 +37,18 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 REGISTRY_ENV = "GEOLRM_WEIGHTS_REGISTRY"
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "weights.toml"
+
+
+def _packaged_registry() -> Path:
+    """``weights.toml`` inside the installed ``pipelines`` package (package data).
+
+    geolrm is installed as plain files (editable, wheel or ``pip install .``; never zipped), so
+    the resource is a real file and its path can be handed to ``open`` / ``stat``.
+    """
+    return Path(os.fspath(importlib.resources.files("pipelines") / "weights.toml"))
+
+
+DEFAULT_REGISTRY = _packaged_registry()
 HF_TOKEN_HINT = "an HF token (`hf auth login`, formerly `huggingface-cli login`, or HF_TOKEN)"
 
 # verify() statuses, worst first
@@ -235,7 +251,7 @@ _LOADED: dict[tuple[str, int, int], dict[str, Artifact]] = {}
 
 
 def registry_path() -> Path:
-    """The registry in use: ``$GEOLRM_WEIGHTS_REGISTRY`` if set, else ``weights.toml``."""
+    """The registry in use: ``$GEOLRM_WEIGHTS_REGISTRY`` if set, else the packaged one."""
     override = os.environ.get(REGISTRY_ENV)
     return Path(override).expanduser() if override else DEFAULT_REGISTRY
 

@@ -139,6 +139,36 @@ def test_registry_loads_with_required_fields(caches):
         assert required in names
 
 
+def test_registry_ships_inside_the_package(caches):
+    """The default registry is package data of ``pipelines`` read through importlib.resources,
+    so a wheel or ``pip install .`` finds it; nothing is read from the repository root."""
+    import importlib.resources
+
+    import pipelines
+
+    packaged = importlib.resources.files("pipelines") / "weights.toml"
+    assert packaged.is_file()
+    assert w.DEFAULT_REGISTRY.resolve() == Path(pipelines.__file__).resolve().with_name(
+        "weights.toml"
+    )
+    assert w.registry_path() == w.DEFAULT_REGISTRY
+    assert not (REPO_ROOT / "weights.toml").exists()
+    reg = w.load_registry()
+    assert "geolrm" in reg and list(reg) == list(w.load_registry(packaged))
+
+
+def test_registry_override_env_wins(tmp_registry):
+    path = tmp_registry(entry("only-this", repo="org/only", file="x.bin"))
+    assert w.registry_path() == path != w.DEFAULT_REGISTRY
+    assert [a.name for a in w.list_artifacts()] == ["only-this"]
+
+
+def test_missing_override_is_one_line_error(caches, monkeypatch):
+    monkeypatch.setenv(w.REGISTRY_ENV, str(caches / "nowhere.toml"))
+    with pytest.raises(InputError, match="weights registry not found"):
+        w.list_artifacts()
+
+
 def test_registry_flags_licences_and_gating(caches):
     for name in ("zero123pp", "instantmesh-unet", "sv3d-p"):
         a = w.artifact(name)

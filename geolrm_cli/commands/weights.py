@@ -1,4 +1,4 @@
-"""List, download, verify and locate the model weights geolrm uses (registry: weights.toml).
+"""List, download, verify and locate the model weights geolrm uses (pipelines/weights.toml).
 
 Examples:
 
