@@ -10,6 +10,11 @@ class InputError(ValueError):
     """
 
 
+def path_error(path: object, problem: str, fix: str) -> InputError:
+    """``InputError("<path>: <problem>; <fix>")``: the one-line message for a bad input file."""
+    return InputError(f"{path}: {problem}; {fix}")
+
+
 class MissingWeightsError(InputError):
     """A model artifact is not available locally; the message says how to fetch it."""
 

@@ -53,7 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipelines.cameras import Cameras, read_image
+from pipelines.cameras.cameras import Cameras
+from pipelines.cameras.dataparsers import load_transforms
+from pipelines.cameras.images import read_image
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
 
@@ -570,8 +572,6 @@ def find_inputs(out: str | Path, gt_dir: str | Path, mesh: str | Path | None = N
         gt_dir: dataset folder with ``transforms_test.json`` (or that JSON file itself).
         mesh: explicit mesh file (overrides the search).
     """
-    from pipelines.cameras import load_transforms
-
     out = Path(out)
     if not out.exists():
         raise InputError(f"{out} does not exist; pass the folder `geolrm recon` wrote or a .ply")

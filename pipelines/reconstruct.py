@@ -34,17 +34,17 @@ from typing import Any
 
 import torch
 
-from pipelines.cameras import (
-    IMAGE_EXTENSIONS,
-    Cameras,
-    invert_similarity,
-    load_transforms,
-    load_views,
-    normalize_to_model_frame,
-    similarity_to_json,
+from pipelines.cameras.cameras import Cameras
+from pipelines.cameras.dataparsers import IMAGE_EXTENSIONS, load_transforms, resolve_image
+from pipelines.cameras.images import load_views
+from pipelines.cameras.normalize import normalize_to_model_frame
+from pipelines.cameras.orbits import (
+    RENDER_FOV_DEG,
+    TURNTABLE_ELEVATION_DEG,
     sv3d_cameras,
     zero123pp_cameras,
 )
+from pipelines.cameras.similarity import invert_similarity, similarity_to_json
 from pipelines.defaults import DEFAULT_SIZE, MIN_OPACITY, RIG_INPUT_SIZE
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
@@ -211,8 +211,6 @@ def _frame_paths(cam_file: Path) -> list[str | None]:
 
 
 def _match_images(cams: Cameras, cam_file: Path, views: Path | None) -> Cameras:
-    from pipelines.cameras.cameras import _resolve_image
-
     raw = _frame_paths(cam_file)
     named = [fp for fp in raw if fp]
     if not named:  # cameras only: the folder's images in sorted order
@@ -236,11 +234,11 @@ def _match_images(cams: Cameras, cam_file: Path, views: Path | None) -> Cameras:
         assert fp is not None
         hit = None
         for base in bases:
-            hit = _resolve_image(base, fp)
+            hit = resolve_image(base, fp)
             if hit is not None:
                 break
         if hit is None and views is not None:
-            hit = _resolve_image(views, Path(fp.replace("\\", "/")).name)
+            hit = resolve_image(views, Path(fp.replace("\\", "/")).name)
         if hit is None:
             where = " and ".join(str(b) for b in dict.fromkeys(bases))
             raise InputError(
@@ -827,7 +825,6 @@ def _write_video(
     device: str,
     on_frame: Callable[[], None] | None,
 ) -> None:
-    from pipelines.cameras import RENDER_FOV_DEG, TURNTABLE_ELEVATION_DEG
     from pipelines.export.media import video_writer
     from pipelines.render import render_frames, turntable_cameras
 

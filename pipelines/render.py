@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.cameras import Cameras, orbit_cameras
+from pipelines.cameras.cameras import Cameras
+from pipelines.cameras.orbits import orbit_cameras
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
 

@@ -1,38 +1,49 @@
-"""Cameras: the type, orbit rigs, transforms.json I/O, frame normalisation, view loading."""
+"""Cameras: the type, geometry, orbit rigs, model-frame normalisation, camera files, view images.
 
-from pipelines.cameras.cameras import (
-    IMAGE_EXTENSIONS,
+* :mod:`~pipelines.cameras.cameras` -- the :class:`Cameras` type (OpenGL c2w, pixel K);
+* :mod:`~pipelines.cameras.geometry` -- rotations, look-at poses, fov and focal length;
+* :mod:`~pipelines.cameras.similarity` -- similarity transforms and their JSON files;
+* :mod:`~pipelines.cameras.orbits` -- orbit poses and cameras, the turntable, the model rigs;
+* :mod:`~pipelines.cameras.normalize` -- user frame -> GeoLRM's model frame;
+* :mod:`~pipelines.cameras.dataparsers` -- camera files (``transforms.json``);
+* :mod:`~pipelines.cameras.images` -- the views' images, padded and resized with their K.
+
+Each module states its conventions at the top; this file only re-exports.
+"""
+
+from pipelines.cameras.cameras import Cameras, project_points
+from pipelines.cameras.dataparsers import IMAGE_EXTENSIONS, load_transforms
+from pipelines.cameras.geometry import focal_to_fov, fov_to_focal, look_at
+from pipelines.cameras.images import (
+    image_has_alpha,
+    load_images,
+    load_masks,
+    load_views,
+    read_image,
+)
+from pipelines.cameras.normalize import normalize_to_model_frame
+from pipelines.cameras.orbits import (
     MODEL_RADIUS,
     RENDER_FOV_DEG,
     SV3D_FOV_DEG,
     SV3D_NUM_FRAMES,
     TURNTABLE_ELEVATION_DEG,
     ZERO123PP_FOV_DEG,
-    Cameras,
-    apply_similarity,
-    decompose_similarity,
-    focal_to_fov,
-    fov_to_focal,
-    image_has_alpha,
-    invert_similarity,
-    load_images,
-    load_masks,
-    load_similarity,
-    load_transforms,
-    load_views,
-    look_at,
-    normalize_to_model_frame,
     orbit_cameras,
     orbit_poses,
-    project_points,
-    read_image,
-    save_similarity,
-    similarity_from_json,
-    similarity_to_json,
     sv3d_azimuths_deg,
     sv3d_cameras,
     sv3d_view_indices,
     zero123pp_cameras,
+)
+from pipelines.cameras.similarity import (
+    apply_similarity,
+    decompose_similarity,
+    invert_similarity,
+    load_similarity,
+    save_similarity,
+    similarity_from_json,
+    similarity_to_json,
 )
 
 __all__ = [

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pipelines.cameras.geometry import look_at
 from pipelines.errors import InputError
 from pipelines.mesh.export import MESH_FORMATS, export_mesh
 from pipelines.mesh.extract import (
@@ -48,7 +49,7 @@ from pipelines.splats.gaussians import Gaussians
 if TYPE_CHECKING:
     import trimesh
 
-    from pipelines.cameras import Cameras
+    from pipelines.cameras.cameras import Cameras
 
 __all__ = [
     "FusionViews",
@@ -145,7 +146,6 @@ def mesh_cameras(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c2w [V, 4, 4], K [V, 3, 3])``: Fibonacci-sphere cameras looking at ``centre``, each
     framing the sphere of ``radius`` around it."""
-    from pipelines.cameras import look_at
     from pipelines.render import fit_distance
 
     dist = fit_distance(radius, fov_deg)

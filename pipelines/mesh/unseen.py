@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.cameras import Cameras
+from pipelines.cameras.cameras import Cameras
 from pipelines.splats.gaussians import Gaussians
 
 __all__ = [

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from pipelines.cameras import Cameras, image_has_alpha, load_masks, load_views
+from pipelines.cameras.cameras import Cameras
+from pipelines.cameras.images import image_has_alpha, load_masks, load_views
+from pipelines.cameras.similarity import invert_similarity
 from pipelines.errors import InputError
 from pipelines.optimize.trainer import StepInfo, TrainConfig, optimize_gaussians
 from pipelines.optimize.visual_hull import VisualHull, carve_visual_hull, hull_gaussians
@@ -114,8 +116,6 @@ def check_masks(cams: Cameras) -> None:
 
 
 def _to_user(g: Gaussians, m: torch.Tensor) -> Gaussians:
-    from pipelines.cameras import invert_similarity
-
     if torch.equal(m, torch.eye(4, dtype=torch.float64)):
         return g
     return g.to(torch.float64).transformed(invert_similarity(m)).to(torch.float32)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipelines.cameras import Cameras
+from pipelines.cameras.cameras import Cameras
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
 

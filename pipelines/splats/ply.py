@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.cameras import invert_similarity
+from pipelines.cameras.similarity import invert_similarity
 from pipelines.errors import InputError
 from pipelines.io_utils import atomic_path
 from pipelines.splats.frames import (

@@ -1,0 +1,10 @@
+"""Camera file formats -> :class:`~pipelines.cameras.Cameras` (nerfstudio's ``transforms.json``
+today)."""
+
+from pipelines.cameras.dataparsers.transforms_json import (
+    IMAGE_EXTENSIONS,
+    load_transforms,
+    resolve_image,
+)
+
+__all__ = ["IMAGE_EXTENSIONS", "load_transforms", "resolve_image"]
