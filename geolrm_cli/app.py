@@ -62,6 +62,9 @@ def _root(
 
 def main() -> None:
     """Console-script entry point: one-line errors with exit code 2 for bad input."""
+    from pipelines.device import enable_mps_fallback
+
+    enable_mps_fallback()  # before torch is imported: torch reads it once, at import
     from geolrm_cli.console import run_cli
 
     sys.exit(run_cli(app))

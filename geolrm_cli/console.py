@@ -98,10 +98,16 @@ def progress(description: str, total: int | None):
 
 
 def resolve_device(name: str | None) -> str:
-    """Device string from ``--device`` (auto -> cuda when available, else cpu)."""
+    """Device string from ``--device`` (auto -> cuda, else mps, else cpu); on MPS, one note
+    saying what runs where."""
+    from pipelines.device import device_type, mps_note
     from pipelines.device import resolve_device as _resolve
+    from pipelines.errors import note
 
-    return _resolve(name)
+    dev = _resolve(name)
+    if device_type(dev) == "mps":
+        note(mps_note())
+    return dev
 
 
 @contextmanager

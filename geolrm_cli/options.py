@@ -21,7 +21,9 @@ ASSUME_UP = typer.Option(
     help="Up axis of PLY files whose header does not record it (3DGS habit: -y). "
     "geolrm's own files record their frame.",
 )
-DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
+DEVICE = typer.Option(
+    "auto", "--device", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda[:N] or mps."
+)
 
 MESH = typer.Option(
     False,

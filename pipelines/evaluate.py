@@ -486,6 +486,7 @@ def evaluate_gaussians(
         Means ``psnr_white``, ``psnr_masked``, ``ssim``, ``lpips`` (None when skipped, with
         ``lpips_skipped``), and ``per_view``: a list of the same values per view with its name.
     """
+    from pipelines.device import stage_device
     from pipelines.raster import rasterize
 
     n, h, w = len(cams), cams.height, cams.width
@@ -494,6 +495,7 @@ def evaluate_gaussians(
     if gt_alphas is not None and gt_alphas.shape != (n, h, w):
         raise InputError(f"ground-truth alpha is {tuple(gt_alphas.shape)}, expected {(n, h, w)}")
     names = names or [f"{i:03d}" for i in range(n)]
+    device = stage_device(device, "raster")  # MPS: renders (and LPIPS) on the CPU
     lp_fn, lp_reason = lpips_metric(device) if use_lpips else (None, "not requested")
     g = g.detach().to(device)
     bg = torch.ones(3, device=device)

@@ -46,10 +46,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from pipelines.defaults import MIN_OPACITY, RIG_INPUT_SIZE
+from pipelines.device import device_type, diffusion_dtype, run_stage
 from pipelines.errors import InputError
 
 __all__ = [
@@ -102,9 +104,10 @@ class GenOptions:
         steps: denoising steps.
         guidance: classifier-free guidance (SV3D: the peak of the triangle schedule).
         seed: one seed for every stage.
-        device: ``cpu``, ``cuda``, ``cuda:N`` (already resolved).
-        precision: ``auto`` (fp16 diffusion on CUDA, fp32 elsewhere; GeoLRM fp32), ``fp32``,
-            ``fp16``, ``bf16`` (CUDA only; the diffusion weights and GeoLRM's autocast).
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (already resolved; on MPS the renders,
+            mesh and refinement run on the CPU, see :func:`pipelines.device.stage_device`).
+        precision: ``auto`` (fp16 diffusion on CUDA and MPS, fp32 on the CPU; GeoLRM fp32),
+            ``fp32``, ``fp16``, ``bf16`` (CUDA only; the diffusion weights and GeoLRM's autocast).
         low_vram: fp16 weights and model CPU offload (CUDA).
         remove_bg / rembg_model / foreground_ratio: background removal and framing.
         unet: Zero123++ UNet: ``instantmesh`` (white background, default), ``original``
@@ -164,8 +167,8 @@ class GenOptions:
 
 @dataclass
 class StageStat:
-    """One stage: name, wall time, peak memory (``gpu``: CUDA allocated; ``rss``: process
-    resident memory) in bytes (None when unknown)."""
+    """One stage: name, wall time, peak memory (``gpu``: CUDA allocated; ``mps``: Metal driver
+    memory, sampled; ``rss``: process resident memory) in bytes (None when unknown)."""
 
     name: str
     seconds: float
@@ -202,18 +205,28 @@ def _rss_bytes() -> int | None:
         return None
 
 
-class _PeakRSS:
-    """Samples the process's resident memory every ``interval`` s in a thread."""
+def _mps_bytes() -> int | None:
+    """Memory the Metal driver holds for this process (None where MPS cannot be queried)."""
+    try:
+        return int(torch.mps.driver_allocated_memory())
+    except (AttributeError, RuntimeError):
+        return None
 
-    def __init__(self, interval: float = 0.02) -> None:
+
+class _PeakRSS:
+    """Samples ``read()`` (default: the process's resident memory) every ``interval`` s in a
+    thread."""
+
+    def __init__(self, interval: float = 0.02, read: Callable[[], int | None] = _rss_bytes) -> None:
         self.interval = interval
-        self.peak = _rss_bytes()
+        self.read = read
+        self.peak = read()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            v = _rss_bytes()
+            v = self.read()
             if v is not None and (self.peak is None or v > self.peak):
                 self.peak = v
 
@@ -226,7 +239,7 @@ class _PeakRSS:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        v = _rss_bytes()
+        v = self.read()
         if v is not None and (self.peak is None or v > self.peak):
             self.peak = v
 
@@ -245,12 +258,14 @@ def _measure(stats: list[StageStat], name: str, device: str) -> Iterator[None]:
             peak = int(torch.cuda.max_memory_allocated(device))
             stats.append(StageStat(name, time.perf_counter() - t0, peak, "gpu"))
         return
-    with _PeakRSS() as mon:
+    mps = device_type(device) == "mps" and _mps_bytes() is not None
+    with _PeakRSS(read=_mps_bytes if mps else _rss_bytes) as mon:
         try:
             yield
         finally:
-            pass
-    stats.append(StageStat(name, time.perf_counter() - t0, mon.peak, "rss"))
+            if mps:
+                torch.mps.synchronize()
+    stats.append(StageStat(name, time.perf_counter() - t0, mon.peak, "mps" if mps else "rss"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,9 +499,9 @@ class Generator:
             raise InputError(f"unknown --mv {opts.mv!r}; use {' or '.join(DEFAULTS)}")
         self.opts = opts
         self.device = opts.device
-        cuda = str(self.device).startswith("cuda")
+        cuda = device_type(self.device) == "cuda"
         if opts.precision == "auto":
-            mv_dtype = torch.float16 if cuda else torch.float32
+            mv_dtype = diffusion_dtype(self.device)  # fp16 on CUDA and MPS
             self.recon_precision = "fp32"
         else:
             rc.resolve_precision(opts.precision, self.device)
@@ -559,8 +574,13 @@ class Generator:
             for note in self.licence_notes():
                 on_note(note)
             on_stage(f"Loading {self.mv.name}", None)
+
+            def load_mv() -> None:
+                if self.mv.pipe is None:  # not loaded already by an MPS fallback
+                    self.mv.load()
+
             with _measure(stats, f"load {self.mv.name}", self.device):
-                self.mv.load()
+                self._mv_stage(load_mv)
         if self.model is None:
             on_stage("Loading GeoLRM", None)
             with _measure(stats, "load GeoLRM", self.device):
@@ -570,6 +590,20 @@ class Generator:
                     max_seq_len=self.opts.max_seq_len,
                     seed=self.opts.seed,
                 )
+
+    def _mv_stage(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` with the multi-view model; on MPS, an operation MPS lacks
+        (:func:`pipelines.device.run_stage`) reloads the model on the CPU in fp32 (it stays
+        there for the next photos) and reruns ``fn``."""
+
+        def attempt(dev: str) -> Any:
+            if dev != self.mv.device:  # the rerun after an MPS failure
+                self.mv = type(self.mv)(self.opts, dev, torch.float32, False)
+                self.mv_dtype = torch.float32
+                self.mv.load()
+            return fn()
+
+        return run_stage(f"multi-view diffusion ({self.mv.name})", self.mv.device, attempt)
 
     # -- run ----------------------------------------------------------------------------------
 
@@ -627,7 +661,9 @@ class Generator:
             steps = opts.get("steps")
             on_stage(f"Multi-view diffusion ({self.mv.name}, {steps} steps)", steps)
             with _measure(stats, f"multi-view ({self.mv.name})", dev):
-                views = self.mv.generate(prep.image, seed, lambda i, n: step(1))
+                views = self._mv_stage(
+                    lambda: self.mv.generate(prep.image, seed, lambda i, n: step(1))
+                )
             _save_png(stage_dir / "views.png", views.sheet)
             views_dir = stage_dir / "views"
             views_dir.mkdir()

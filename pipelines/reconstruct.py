@@ -46,6 +46,7 @@ from pipelines.cameras.orbits import (
 )
 from pipelines.cameras.similarity import invert_similarity, similarity_to_json
 from pipelines.defaults import DEFAULT_SIZE, MIN_OPACITY, RIG_INPUT_SIZE
+from pipelines.device import run_stage
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
 
@@ -138,13 +139,14 @@ def check_min_opacity(min_opacity: float) -> None:
 
 
 def resolve_precision(precision: str, device: str) -> torch.dtype:
-    """``fp32`` anywhere; ``bf16`` / ``fp16`` (autocast) on CUDA only."""
+    """``fp32`` anywhere; ``bf16`` / ``fp16`` (autocast) on CUDA only (GeoLRM stays fp32 on
+    the CPU and on MPS)."""
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
     if precision != "fp32" and not str(device).startswith("cuda"):
         raise InputError(
             f"--precision {precision} needs a CUDA device (running on {device}); "
-            "use --precision fp32 on CPU"
+            "use --precision fp32 (GeoLRM runs in fp32 on the CPU and on MPS)"
         )
     return PRECISIONS[precision]
 
@@ -557,7 +559,8 @@ def reconstruct(
             output of :func:`prepare_views`.
         model: a :class:`pipelines.geolrm.GeoLRM` (moved to ``device``).
         size: model input size (multiple of 14); ignored for prepared views.
-        device: torch device string.
+        device: torch device string (on MPS, an operation MPS lacks reruns GeoLRM on the CPU:
+            :func:`pipelines.device.run_stage`).
         precision: ``fp32``; ``bf16``/``fp16`` run under CUDA autocast.
         seed: seeds torch and the model's anchor subset (None keeps the model's seed).
         on_stage: called with a short name as each model stage starts.
@@ -567,21 +570,25 @@ def reconstruct(
     check_min_opacity(min_opacity)
     dtype = resolve_precision(precision, device)
     prep = cams if isinstance(cams, PreparedViews) else prepare_views(cams, size)
-    if seed is not None:
-        torch.manual_seed(int(seed))
-        model.set_options(seed=int(seed))
-    model = model.to(device)
     handles = []
     if on_stage is not None:
         for name, label in _STAGES:
             module = model.get_submodule(name)
             handles.append(module.register_forward_pre_hook(lambda *_a, _l=label: on_stage(_l)))
-    images = prep.images[None].to(device)
-    c2ws = prep.cameras_model.c2w[None].to(device)
-    ks = prep.cameras_model.normalized_K()[None].to(device)
-    try:
+
+    def forward(dev: str):  # the whole stage, so that an MPS failure can rerun it on the CPU
+        if seed is not None:
+            torch.manual_seed(int(seed))
+            model.set_options(seed=int(seed))
+        net = model.to(dev)
+        images = prep.images[None].to(dev)
+        c2ws = prep.cameras_model.c2w[None].to(dev)
+        ks = prep.cameras_model.normalized_K()[None].to(dev)
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            out = model(images, c2ws, ks)
+            return net(images, c2ws, ks)
+
+    try:
+        out = run_stage("GeoLRM", device, forward)
     finally:
         for h in handles:
             h.remove()

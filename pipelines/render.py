@@ -120,12 +120,15 @@ def render_frames(
         g: Gaussians in the cameras' world frame.
         cams: cameras (OpenGL c2w, pixel intrinsics).
         background: ``white``, ``black`` or ``transparent``.
-        device: torch device for rasterisation.
+        device: torch device for rasterisation (MPS renders on the CPU, see
+            :func:`pipelines.device.stage_device`).
         batch: cameras per rasteriser call.
         on_frame: called after each frame (progress bars).
     """
+    from pipelines.device import stage_device
     from pipelines.raster import rasterize
 
+    device = stage_device(device, "raster")
     if background not in BACKGROUNDS:
         raise InputError(f"unknown background {background!r}; use white, black or transparent")
     bg = torch.tensor(BACKGROUNDS[background], device=device)

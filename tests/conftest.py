@@ -35,3 +35,24 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     for f in fragments:
         assert f in lines[0], (f, lines[0])
+
+
+MPS_MISSING_OP = "The operator 'aten::standin_op' is not currently implemented for the MPS device."
+
+
+@pytest.fixture
+def mps_standin(monkeypatch):
+    """A CPU stand-in for an Apple GPU (no Apple hardware here): torch reports MPS available,
+    and moving a module to ``mps`` raises the NotImplementedError torch raises for an operation
+    MPS lacks, so the network stages must rerun on the CPU. Everything else is real."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    move = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        if any(str(a).startswith("mps") for a in (*args, *kwargs.values())):
+            raise NotImplementedError(MPS_MISSING_OP)
+        return move(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)

@@ -437,3 +437,20 @@ def test_gpu_stage_timings() -> None:
         print(f"{r['stage']:36s} {r['seconds']:8.2f} s {r['peak_bytes'] / 2**30:8.2f} GiB")
     if os.environ.get("GEOLRM_BENCH_OUT"):
         Path(os.environ["GEOLRM_BENCH_OUT"]).write_text(json.dumps(rows, indent=1))
+
+
+def test_mps_standin_reruns_on_the_cpu(full_run: Path, tmp_path, tiny, cli, mps_standin) -> None:
+    """``--device mps`` on a CPU stand-in (no Apple hardware here): the diffusion model fails
+    to move to MPS like a missing operation, is reloaded on the CPU in fp32 and rerun, and
+    GeoLRM reruns on the CPU; one note each, and the same bytes as the CPU run."""
+    out = tmp_path / "mps"
+    code, _, err = cli("gen", PHOTO, "-o", out, *tiny, *FAST, "--device", "mps")
+    assert code == 0, err
+    assert "Traceback" not in err
+    notes = [ln for ln in err.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 3, err
+    assert "running on Apple's MPS" in notes[0]
+    assert notes[1].startswith("note: multi-view diffusion (zero123pp): aten::standin_op")
+    assert notes[2].startswith("note: GeoLRM: aten::standin_op is not implemented on MPS")
+    for f in ("input.png", "views.png", "views/03.png", "model.ply"):
+        assert (out / f).read_bytes() == (full_run / f).read_bytes(), f

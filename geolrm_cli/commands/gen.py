@@ -44,7 +44,8 @@ def _bytes(n: int | None) -> str:
 def _stage_table(result):
     from rich.table import Table
 
-    mem = "peak GPU" if any(s.memory == "gpu" for s in result.stages) else "peak RSS"
+    kinds = {s.memory for s in result.stages}
+    mem = "peak GPU" if "gpu" in kinds else "peak MPS" if "mps" in kinds else "peak RSS"
     table = Table(title=f"{result.photo.name} -> {result.out_dir}", title_justify="left")
     table.add_column("stage")
     table.add_column("time", justify="right")
@@ -91,8 +92,8 @@ def gen(
     precision: GenPrecision = typer.Option(
         GenPrecision.auto,
         "--precision",
-        help="auto (fp16 diffusion on CUDA, fp32 on CPU; GeoLRM fp32), or fp32/fp16/bf16 for "
-        "both (fp16/bf16 on CUDA only).",
+        help="auto (fp16 diffusion on CUDA and MPS, fp32 on CPU; GeoLRM fp32), or "
+        "fp32/fp16/bf16 for both (fp16/bf16 on CUDA only).",
     ),
     low_vram: bool = typer.Option(
         False, "--low-vram", help="CUDA: fp16 weights and model CPU offload."

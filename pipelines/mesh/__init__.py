@@ -215,12 +215,14 @@ def render_views(
         g: Gaussians (z-up world).
         views: number of views.
         image_size: square render size in pixels.
-        device: ``cpu`` or ``cuda[:N]``; the renders stay there.
+        device: ``cpu``, ``cuda[:N]`` or ``mps`` (renders on the CPU); the renders stay there.
         batch: views per rasteriser call (memory vs. overhead).
         on_view: called with the number of views just rendered (progress).
     """
+    from pipelines.device import stage_device
     from pipelines.raster import rasterize
 
+    device = stage_device(device, "raster")
     if views < 1:
         raise InputError(f"--views must be at least 1, got {views}")
     lo, hi, centre, radius = object_box(g)
@@ -264,8 +266,11 @@ def fuse_views(
         fv: the renders.
         resolution: voxels along the longest side of the object's box.
         trunc_voxels: truncation in voxels; None = :func:`auto_trunc_voxels`.
-        device: where the volume lives (CPU: numba fast path; CUDA: PyTorch).
+        device: where the volume lives (CPU: numba fast path; CUDA: PyTorch; MPS: the CPU).
     """
+    from pipelines.device import stage_device
+
+    device = stage_device(device, "tsdf")
     _check_fusion_options(resolution, trunc_voxels)
     if trunc_voxels is None:
         trunc_voxels = auto_trunc_voxels(fv.scale, float((fv.hi - fv.lo).max()), resolution)
@@ -314,7 +319,7 @@ def fuse_gaussians(
         resolution: voxels along the longest side of the object's box.
         image_size: render size in pixels; None = :func:`default_image_size`.
         trunc_voxels: TSDF truncation distance in voxels; None = :func:`auto_trunc_voxels`.
-        device: ``cpu`` or ``cuda[:N]``: where rendering and fusion run.
+        device: ``cpu`` or ``cuda[:N]``: where rendering and fusion run (``mps``: the CPU).
         batch: views per rasteriser call.
         on_view: called with the number of views just rendered (progress).
     """
@@ -365,7 +370,8 @@ def gaussians_to_mesh(
         image_size: render size (None: from ``resolution``, see :func:`fuse_gaussians`).
         min_component: keep connected components with at least this fraction of the largest
             one's faces (drops floaters).
-        device: ``cpu`` or ``cuda[:N]`` (the texture is always baked on the CPU).
+        device: ``cpu`` or ``cuda[:N]`` (``mps``: the CPU; the texture is always baked on the
+            CPU).
         on_view: progress callback, see :func:`fuse_gaussians`.
         texture_size: also UV-unwrap the mesh and bake a ``texture_size``-texel square texture
             from the renders (:func:`~pipelines.mesh.texture.texture_mesh`); the mesh then has

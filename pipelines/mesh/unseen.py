@@ -232,9 +232,11 @@ def fill_unseen(
     import trimesh
     from scipy.spatial import cKDTree
 
+    from pipelines.device import stage_device
     from pipelines.mesh import object_box
     from pipelines.raster.visibility import view_visibility
 
+    device = stage_device(device, "raster")
     _, _, _, radius = object_box(g)
     cams = _resized(cameras, size)
     # one render per view gives the depth for the seen test and the Gaussians' visibility

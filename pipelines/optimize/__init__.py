@@ -163,8 +163,10 @@ def optimize_views(
     Returns:
         :class:`OptimizeResult`.
     """
+    from pipelines.device import stage_device
     from pipelines.reconstruct import check_view_count, to_model_frame
 
+    device = stage_device(device, "optimize")  # MPS: the CPU (numba rasteriser)
     _check_resolution(resolution)
     check_view_count(len(cams))
     cfg = config or DEFAULT_CONFIG

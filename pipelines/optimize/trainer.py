@@ -772,7 +772,7 @@ def optimize_gaussians(
         config: :class:`TrainConfig` (defaults if None).
         on_step: called after every step with a :class:`StepInfo`.
         device: torch device; CPU uses the numba rasteriser, CUDA gsplat (the pure-torch
-            reference rasteriser when gsplat is missing).
+            reference rasteriser when gsplat is missing); MPS runs on the CPU.
         hull: optional :class:`~pipelines.optimize.visual_hull.VisualHull` (cameras' frame):
             Gaussians leaving it (grown by ``config.hull_margin`` voxels) are pruned.
 
@@ -788,7 +788,9 @@ def optimize_gaussians(
         raise InputError(f"images are {w}x{h} but the cameras are {cams.width}x{cams.height}")
     if len(init) == 0:
         raise InputError("no Gaussians to optimise; the initialisation is empty")
-    dev = torch.device(device)
+    from pipelines.device import stage_device
+
+    dev = torch.device(stage_device(device, "optimize"))  # MPS: the CPU (numba rasteriser)
     backend = _backend(dev)
     cpu = dev.type == "cpu"
     start, stop, every, reset_every = cfg.schedule()
