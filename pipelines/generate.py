@@ -651,6 +651,7 @@ class Generator:
                 rembg_model=opts.rembg_model,
                 foreground_ratio=opts.foreground_ratio,
                 background=self.mv.background,
+                style=self.mv.name,  # the official script's steps ("zero123pp" / "sv3d")
             )
 
         created = not out_dir.exists()

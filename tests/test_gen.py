@@ -257,10 +257,16 @@ def test_no_alpha_and_no_rembg_model(empty_caches, tmp_path, tiny, cli) -> None:
     assert code == 2
     assert_one_line_error(err, "'u2net'", "U2NET_HOME", "geolrm weights download u2net")
     assert not out.exists()
-    # --no-rembg frames the whole photo instead
+    # --no-rembg uses the photo as is, as the official --no_rembg (run_geolrm_zero123.py:136):
+    # shortest edge resized, centre crop, no framing in a transparent / white margin
     code, _, err = cli("gen", photo, "-o", out, *tiny, *FAST, "--no-rembg")
     assert code == 0, err
     assert (out / "model.ply").is_file()
+    with Image.open(out / "input.png") as im:  # the (JPEG) photo's colour everywhere, opaque
+        ext = im.convert("RGBA").getextrema()
+    assert ext[3] == (255, 255)
+    for (lo, hi), c in zip(ext[:3], (30, 120, 200), strict=True):
+        assert c - 3 <= lo <= hi <= c + 3, ext
 
 
 def test_refine_is_passed_through(tmp_path, tiny, cli) -> None:

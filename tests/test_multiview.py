@@ -53,16 +53,25 @@ def test_photo_fixtures_have_alpha() -> None:
     assert not pp.has_alpha(Image.new("RGB", (10, 10)))
 
 
-def test_recenter_frames_object_at_ratio() -> None:
+def test_frame_official_padding() -> None:
+    """``int(side / ratio)``, not ceil (GeoLRM src/utils/infer_util.py:52,
+    sv3d_video_sample.py:148-153); Zero123++ crops ``[min, max)`` (infer_util.py:32-39) and pads
+    in two steps (:42-61), SV3D crops the inclusive box and places it at ``side // 2 - h // 2``
+    (:155-159)."""
     im = rgba_square(box=(30, 20, 50, 30))  # 20 x 10 object
     assert pp.object_bbox(im) == (30, 20, 50, 30)
-    out = pp.recenter(im, 0.5)
-    assert out.size == (40, 40)  # 20 / 0.5
-    assert pp.object_bbox(out) == (10, 15, 30, 25)  # centred
-    out = pp.recenter(im, 0.85)
-    assert out.size == (24, 24)  # ceil(20 / 0.85)
+    out, box = pp.frame(im, 0.5)  # zero123pp: 19 x 9 cropped
+    assert box == (30, 20, 49, 29) and out.size == (38, 38)  # int(19 / 0.5)
+    assert pp.object_bbox(out) == (9, 14, 28, 23)  # (19 - 9) // 2 + (38 - 19) // 2 = 14
+    out, box = pp.frame(im, 0.5, style="sv3d")
+    assert box == (30, 20, 50, 30) and out.size == (40, 40)
+    assert pp.object_bbox(out) == (10, 15, 30, 25)  # 40 // 2 - 10 // 2 = 15
+    assert pp.frame(im, 0.85)[0].size == (22, 22)  # int(19 / 0.85) = int(22.35)
+    assert pp.frame(im, 0.85, style="sv3d")[0].size == (23, 23)  # int(23.53)
     with pytest.raises(InputError, match="foreground-ratio"):
-        pp.recenter(im, 0.0)
+        pp.frame(im, 0.0)
+    with pytest.raises(InputError, match="preprocessing style"):
+        pp.frame(im, 0.85, style="sv4d")
 
 
 def test_preprocess_real_photo() -> None:
@@ -79,17 +88,24 @@ def test_preprocess_real_photo() -> None:
 
 
 def test_composite_straight_alpha() -> None:
-    px = Image.fromarray(np.array([[[255, 0, 0, 128]]], np.uint8), "RGBA")
-    assert tuple(np.asarray(pp.composite(px, pp.WHITE))[0, 0]) == (255, 127, 127)
+    px = Image.fromarray(np.array([[[255, 0, 0, 128], [9, 200, 41, 77]]], np.uint8), "RGBA")
+    z = np.asarray(pp.composite(px, pp.WHITE))  # PIL paste (rounded), zero123plus/pipeline.py:37
+    assert tuple(z[0, 0]) == (255, 127, 127) and tuple(z[0, 1]) == (181, 238, 190)
     assert tuple(np.asarray(pp.composite(px, pp.GREY))[0, 0]) == (191, 63, 63)
+    s = np.asarray(pp.composite(px, pp.WHITE, style="sv3d"))  # float, truncated (:163-165)
+    assert tuple(s[0, 0]) == (255, 127, 127) and tuple(s[0, 1]) == (180, 238, 190)
 
 
-def test_no_rembg_frames_whole_photo() -> None:
+def test_no_rembg_uses_photo_as_is() -> None:
+    """``--no_rembg`` skips rembg and the framing (GeoLRM run_geolrm_zero123.py:136-138): the
+    shortest edge is resized and the centre cropped, no white margin (tests/test_preprocess.py
+    checks the pixels)."""
     opaque = Image.new("RGB", (40, 20), (10, 200, 10))
     res = pp.preprocess(opaque, size=32, remove_bg=False, foreground_ratio=1.0)
-    assert res.alpha_source == "none" and res.bbox == (0, 0, 40, 20)
-    a = np.asarray(res.rgba)[..., 3]
-    assert a[16, 16] == 255 and a[0, 16] == 0  # padded top/bottom
+    assert res.alpha_source == "none" and res.bbox == (10, 0, 30, 20)
+    assert res.image.size == res.rgba.size == (32, 32)
+    assert (np.asarray(res.rgba)[..., 3] == 255).all()  # the photo fills the square
+    assert (np.asarray(res.image) == (10, 200, 10)).all()
 
 
 def test_missing_rembg_model_one_line(tmp_path, monkeypatch) -> None:
@@ -106,27 +122,34 @@ def test_missing_rembg_model_one_line(tmp_path, monkeypatch) -> None:
 
 
 def test_rembg_path_with_stub(tmp_path, monkeypatch) -> None:
-    """The rembg call (stubbed: the real import takes a minute) gets the photo and its mask
-    frames the object."""
+    """The rembg call (stubbed: the real import takes a minute; tests/test_preprocess.py runs
+    the real one): Zero123++ hands it the photo for a plain cut-out, SV3D a 768 px RGBA
+    thumbnail with alpha matting; the cut-out frames the object."""
     home = tmp_path / "u2net"
     home.mkdir()
     (home / "u2netp.onnx").write_bytes(b"stub")
     monkeypatch.setenv("U2NET_HOME", str(home))
-    calls = {}
+    calls = []
 
-    def remove(img, session=None, only_mask=False):
-        calls["size"], calls["session"], calls["only_mask"] = img.size, session, only_mask
+    def remove(img, session=None, alpha_matting=False):
+        calls.append((img.mode, img.size, session, alpha_matting))
         m = np.zeros((img.size[1], img.size[0]), np.uint8)
         m[10:30, 5:15] = 255
-        return Image.fromarray(m, "L")
+        out = img.convert("RGBA")
+        out.putalpha(Image.fromarray(m, "L"))
+        return out
 
     fake = types.SimpleNamespace(new_session=lambda name: f"session:{name}", remove=remove)
     monkeypatch.setitem(sys.modules, "rembg", fake)
     monkeypatch.setattr(pp, "_SESSIONS", {})
     res = pp.preprocess(Image.new("RGB", (40, 40), (9, 9, 9)), size=40, rembg_model="u2netp")
     assert res.alpha_source == "rembg:u2netp"
-    assert calls == {"size": (40, 40), "session": "session:u2netp", "only_mask": True}
-    assert res.bbox == (5, 10, 15, 30)
+    assert calls == [("RGB", (40, 40), "session:u2netp", False)]
+    assert res.bbox == (5, 10, 14, 29)  # [min, max) as infer_util.py:32-39
+    calls.clear()
+    res = pp.preprocess(Image.new("RGB", (1600, 800)), size=32, rembg_model="u2netp", style="sv3d")
+    assert calls == [("RGBA", (768, 384), "session:u2netp", True)]
+    assert res.bbox == (10, 20, 32, 63)  # the thumbnail's (5, 10, 15, 30) x 1600 / 768
 
 
 def test_bad_images(tmp_path) -> None:
