@@ -101,8 +101,9 @@ def gen(
     rembg: bool = typer.Option(
         True,
         "--rembg/--no-rembg",
-        help="Remove the background with rembg (skipped anyway when the photo has an alpha "
-        "channel).",
+        help="Remove the background with rembg and frame the object (rembg is skipped when "
+        "the photo has an alpha channel). --no-rembg uses the photo as is, as the official "
+        "scripts: shortest edge resized to the model input, centre crop, no framing.",
     ),
     rembg_model: str = typer.Option(
         "u2net", "--rembg-model", help="rembg model (geolrm weights list: u2net, isnet-...)."
