@@ -49,31 +49,12 @@ def matmul_peak_gflops(n: int = 4096, reps: int = 5) -> float:
 
 
 def cameras(views: int):
-    """Official camera layouts: Zero123++ for 6 views, SV3D for 21 (radius 1.5, z-up)."""
-    import torch
+    """Official camera layouts: Zero123++ for 6 views, SV3D for 21 (radius 1.5, z-up), with
+    GeoLRM's normalised intrinsics."""
+    from pipelines.multiview.rigs import sv3d_cameras, zero123pp_cameras
 
-    if views == 6:
-        az = [30.0 + 60.0 * k for k in range(6)]
-        el = [20.0 if k % 2 == 0 else -10.0 for k in range(6)]
-        fov = 30.0
-    else:
-        az = [360.0 * k / views for k in range(views)]
-        el = [10.0] * views
-        fov = 39.6
-    c2ws = []
-    for a, e in zip(az, el, strict=True):
-        a, e = math.radians(a), math.radians(e)
-        p = torch.tensor([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)]) * 1.5
-        z = p / p.norm()
-        x = torch.linalg.cross(torch.tensor([0.0, 0.0, 1.0]), z)
-        x = x / x.norm()
-        y = torch.linalg.cross(z, x)
-        m = torch.eye(4)
-        m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, y, z, p
-        c2ws.append(m)
-    f = 0.5 / math.tan(math.radians(fov) / 2)
-    K = torch.tensor([[f, 0, 0.5], [0, f, 0.5], [0, 0, 1.0]])
-    return torch.stack(c2ws)[None], K.expand(1, views, 3, 3).contiguous()
+    rig = zero123pp_cameras(6) if views == 6 else sv3d_cameras(10.0, official_offset=True)
+    return rig.c2w[None], rig.normalized_K()[None].contiguous()
 
 
 def estimate_flops(cfg, views: int, size: int, anchors: int) -> dict[str, float]:

@@ -53,6 +53,12 @@ import torch
 from pipelines.defaults import MIN_OPACITY, RIG_INPUT_SIZE
 from pipelines.device import device_type, diffusion_dtype, run_stage
 from pipelines.errors import InputError
+from pipelines.multiview.rigs import (
+    sv3d_cameras,
+    sv3d_view_indices,
+    zero123pp_cameras,
+    zero123pp_view_indices,
+)
 
 __all__ = [
     "DEFAULTS",
@@ -369,11 +375,9 @@ class _Zero123pp:
     name = "zero123pp"
 
     def __init__(self, opts: GenOptions, device: str, dtype: torch.dtype, offload: bool):
-        from pipelines.multiview.zero123pp import view_indices
-
         self.opts = opts
         self.device, self.dtype, self.offload = device, dtype, offload
-        self.used = view_indices(opts.get("views"))
+        self.used = zero123pp_view_indices(opts.get("views"))
         unet = opts.unet
         self.unet_file: Path | None = None
         if opts.mv_weights is not None:
@@ -417,8 +421,6 @@ class _Zero123pp:
         return self.pipe.input_size
 
     def generate(self, image, seed: int, on_step) -> _Views:
-        from pipelines.cameras import zero123pp_cameras
-
         tile = self.opts.get("tile")
         out = self.pipe(
             image,
@@ -435,8 +437,6 @@ class _SV3D:
     name = "sv3d"
 
     def __init__(self, opts: GenOptions, device: str, dtype: torch.dtype, offload: bool):
-        from pipelines.cameras import sv3d_view_indices
-
         self.opts = opts
         self.device, self.dtype, self.offload = device, dtype, offload
         self.used = tuple(sv3d_view_indices(opts.get("views")))
@@ -467,8 +467,6 @@ class _SV3D:
         return self.opts.get("tile")
 
     def generate(self, image, seed: int, on_step) -> _Views:
-        from pipelines.cameras import sv3d_cameras
-
         size = self.opts.get("tile")
         out = self.pipe(
             image,

@@ -38,16 +38,12 @@ from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.dataparsers import IMAGE_EXTENSIONS, load_transforms, resolve_image
 from pipelines.cameras.images import load_views
 from pipelines.cameras.normalize import normalize_to_model_frame
-from pipelines.cameras.orbits import (
-    RENDER_FOV_DEG,
-    TURNTABLE_ELEVATION_DEG,
-    sv3d_cameras,
-    zero123pp_cameras,
-)
+from pipelines.cameras.orbits import RENDER_FOV_DEG, TURNTABLE_ELEVATION_DEG
 from pipelines.cameras.similarity import invert_similarity, similarity_to_json
 from pipelines.defaults import DEFAULT_SIZE, MIN_OPACITY, RIG_INPUT_SIZE
 from pipelines.device import run_stage
 from pipelines.errors import InputError
+from pipelines.multiview.rigs import sv3d_cameras, zero123pp_cameras
 from pipelines.splats.gaussians import Gaussians
 
 __all__ = [
@@ -306,7 +302,8 @@ def resolve_inputs(
             order, at ``rig_elevation_deg``), whose views are ``path``'s images in sorted order.
         official_cameras: with ``cameras="sv3d"``, frame i at azimuth ``i * 360 / 21`` as
             GeoLRM's ``run_geolrm_sv3d.py`` assigns, instead of ``(i + 1) * 360 / 21`` (the
-            azimuths SV3D generated them at); see :func:`~pipelines.cameras.sv3d_azimuths_deg`.
+            azimuths SV3D generated them at); see
+            :func:`~pipelines.multiview.rigs.sv3d_azimuths_deg`.
 
     Returns:
         Cameras with ``image_paths``, in the user's frame (a rig's are in the model frame).

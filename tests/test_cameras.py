@@ -1,4 +1,5 @@
-"""Tests for pipelines.cameras: rigs, transforms.json I/O, frame normalisation, view loading."""
+"""Tests for pipelines.cameras and the rigs (pipelines.multiview.rigs): transforms.json I/O,
+frame normalisation, view loading."""
 
 from __future__ import annotations
 
@@ -31,12 +32,14 @@ from pipelines.cameras import (
     save_similarity,
     similarity_from_json,
     similarity_to_json,
+)
+from pipelines.errors import InputError
+from pipelines.multiview.rigs import (
     sv3d_azimuths_deg,
     sv3d_cameras,
     sv3d_view_indices,
     zero123pp_cameras,
 )
-from pipelines.errors import InputError
 
 SPOT = Path(__file__).parents[1] / "examples" / "spot"
 EYE4 = torch.eye(4, dtype=torch.float64)

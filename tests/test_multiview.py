@@ -187,7 +187,8 @@ def cond_image() -> Image.Image:
 
 
 def test_grid_split_layout() -> None:
-    from pipelines.multiview.zero123pp import grid_to_views, view_indices, views_to_grid
+    from pipelines.multiview.rigs import zero123pp_view_indices as view_indices
+    from pipelines.multiview.zero123pp import grid_to_views, views_to_grid
 
     t = 4
     grid = torch.zeros(3, 3 * t, 2 * t)
@@ -206,7 +207,7 @@ def test_grid_split_layout() -> None:
 
 
 def test_zero123pp_rig_cameras() -> None:
-    from pipelines.cameras import zero123pp_cameras
+    from pipelines.multiview.rigs import zero123pp_cameras
 
     cams = zero123pp_cameras(6, size=320)
     pos = cams.c2w[:, :3, 3].double()

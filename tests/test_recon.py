@@ -186,7 +186,7 @@ def test_rig_input_size_and_official_cameras(tmp_path, capsys, monkeypatch) -> N
     (``run_geolrm_zero123.py:170``) and the user's own cameras at 448. --official-cameras puts
     SV3D frame i at azimuth i*360/21 (``src/utils/camera_util.py:133``:
     ``np.linspace(0, 360, 21, endpoint=False)``); the default is (i+1)*360/21."""
-    from pipelines.cameras import sv3d_cameras
+    from pipelines.multiview.rigs import sv3d_cameras
     from pipelines.reconstruct import default_size, input_rig
 
     src = sorted((VIEWS / "images").iterdir())[0]

@@ -3,7 +3,7 @@
 * :mod:`~pipelines.cameras.cameras` -- the :class:`Cameras` type (OpenGL c2w, pixel K);
 * :mod:`~pipelines.cameras.geometry` -- rotations, look-at poses, fov and focal length;
 * :mod:`~pipelines.cameras.similarity` -- similarity transforms and their JSON files;
-* :mod:`~pipelines.cameras.orbits` -- orbit poses and cameras, the turntable, the model rigs;
+* :mod:`~pipelines.cameras.orbits` -- orbit poses and cameras, the turntable;
 * :mod:`~pipelines.cameras.normalize` -- user frame -> GeoLRM's model frame;
 * :mod:`~pipelines.cameras.dataparsers` -- camera files (``transforms.json``);
 * :mod:`~pipelines.cameras.images` -- the views' images, padded and resized with their K.
@@ -25,16 +25,9 @@ from pipelines.cameras.normalize import normalize_to_model_frame
 from pipelines.cameras.orbits import (
     MODEL_RADIUS,
     RENDER_FOV_DEG,
-    SV3D_FOV_DEG,
-    SV3D_NUM_FRAMES,
     TURNTABLE_ELEVATION_DEG,
-    ZERO123PP_FOV_DEG,
     orbit_cameras,
     orbit_poses,
-    sv3d_azimuths_deg,
-    sv3d_cameras,
-    sv3d_view_indices,
-    zero123pp_cameras,
 )
 from pipelines.cameras.similarity import (
     apply_similarity,
@@ -50,10 +43,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MODEL_RADIUS",
     "RENDER_FOV_DEG",
-    "SV3D_FOV_DEG",
-    "SV3D_NUM_FRAMES",
     "TURNTABLE_ELEVATION_DEG",
-    "ZERO123PP_FOV_DEG",
     "Cameras",
     "apply_similarity",
     "decompose_similarity",
@@ -75,8 +65,4 @@ __all__ = [
     "save_similarity",
     "similarity_from_json",
     "similarity_to_json",
-    "sv3d_azimuths_deg",
-    "sv3d_cameras",
-    "sv3d_view_indices",
-    "zero123pp_cameras",
 ]

@@ -49,13 +49,13 @@ from pipelines.multiview._common import (
     randn,
     to_pil,
 )
+from pipelines.multiview.rigs import SV3D_NUM_FRAMES, sv3d_azimuths_deg
 
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "COND_AUG",
     "DEFAULT_SIZE",
-    "NUM_FRAMES",
     "SV3DOutput",
     "SV3DPipeline",
     "SV3DUNet",
@@ -73,7 +73,6 @@ __all__ = [
 
 PathLike = str | os.PathLike
 
-NUM_FRAMES = 21
 DEFAULT_SIZE = 576
 DEFAULT_STEPS = 50
 COND_AUG = 1e-5
@@ -113,7 +112,7 @@ UNET_CONFIG = {
     "cross_attention_dim": 1024,
     "transformer_layers_per_block": 1,
     "num_attention_heads": [5, 10, 20, 20],
-    "num_frames": NUM_FRAMES,
+    "num_frames": SV3D_NUM_FRAMES,
 }
 VAE_CONFIG = {
     "in_channels": 3,
@@ -156,19 +155,17 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def azimuths_rad(num_frames: int = NUM_FRAMES) -> torch.Tensor:
-    """Conditioning azimuths: frame ``i`` at ``(i + 1) * 360 / n`` deg mod 360 (last = 0)."""
-    deg = torch.remainder(
-        torch.arange(1, num_frames + 1, dtype=torch.float64) * 360.0 / num_frames, 360.0
-    )
-    return torch.deg2rad(deg)
+def azimuths_rad(num_frames: int = SV3D_NUM_FRAMES) -> torch.Tensor:
+    """Conditioning azimuths in radians: the rig's, frame ``i`` at ``(i + 1) * 360 / n`` deg
+    mod 360 (last = 0; :func:`~pipelines.multiview.rigs.sv3d_azimuths_deg`)."""
+    return torch.deg2rad(sv3d_azimuths_deg(num_frames=num_frames))
 
 
 def camera_vectors(
     elevation_deg: float | torch.Tensor = 10.0,
     azimuths: torch.Tensor | None = None,
     cond_aug: float = COND_AUG,
-    num_frames: int = NUM_FRAMES,
+    num_frames: int = SV3D_NUM_FRAMES,
 ) -> torch.Tensor:
     """``[F, 1280]`` per-frame vectors ``[emb256(cond_aug) | emb512(polar) | emb512(azimuth)]``,
     polar = radians(90 - elevation), azimuths in radians (default :func:`azimuths_rad`)."""
@@ -188,7 +185,7 @@ def camera_vectors(
 
 
 def triangle_guidance(
-    num_frames: int = NUM_FRAMES, max_scale: float = 2.5, min_scale: float = 1.0
+    num_frames: int = SV3D_NUM_FRAMES, max_scale: float = 2.5, min_scale: float = 1.0
 ) -> torch.Tensor:
     """``[F]`` guidance per frame: ``min + (max - min) * tri(linspace(0, 1, F))`` with
     ``tri(v) = 2 |v - floor(v + 0.5)|`` (``sgm`` ``TrianglePredictionGuider``, period 1)."""

@@ -60,7 +60,6 @@ __all__ = [
     "Zero123PlusPipeline",
     "Zero123PlusOutput",
     "grid_to_views",
-    "view_indices",
     "views_to_grid",
 ]
 
@@ -75,17 +74,6 @@ LATENT_SHIFT = 0.22
 LATENT_SCALE = 0.75
 #: ``unscale_image``: x / 0.5 * 0.8
 IMAGE_UNSCALE = 0.8 / 0.5
-#: the views GeoLRM keeps with ``--views 4`` (``run_geolrm_zero123.py``)
-FOUR_VIEWS = (0, 2, 4, 5)
-
-
-def view_indices(n_views: int) -> tuple[int, ...]:
-    """Grid views used for ``n_views``: all six, or the official four (0, 2, 4, 5)."""
-    if n_views == 6:
-        return tuple(range(6))
-    if n_views == 4:
-        return FOUR_VIEWS
-    raise InputError(f"Zero123++ gives 6 views (or the official 4-view subset), not {n_views}")
 
 
 def grid_to_views(grid: torch.Tensor, rows: int = GRID[0], cols: int = GRID[1]) -> torch.Tensor:
