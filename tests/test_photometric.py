@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 
 from pipelines.cameras import load_transforms, load_views, orbit_cameras
+from pipelines.cameras.geometry import project as project_points
 from pipelines.optimize import load_masks
 from pipelines.optimize.photometric import (
     backproject,
     blur,
     neighbour_views,
     photometric_consistency,
-    project_points,
     solid_pixels,
 )
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from pipelines.cameras.geometry import as_float64, nearest_rotation
+from pipelines.cameras.geometry import as_float64, nearest_rotation, project
 from pipelines.cameras.similarity import decompose_similarity
 from pipelines.errors import InputError
 
@@ -249,17 +249,13 @@ class Cameras:
 
 
 def project_points(cams: Cameras, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project world points ``[N, 3]`` into every view.
+    """Project world points ``[N, 3]`` into every view
+    (:func:`~pipelines.cameras.geometry.project` in float64).
 
     Returns:
         uv: ``[V, N, 2]`` float32 pixel coordinates (pixel (i, j)'s centre is (i+.5, j+.5)).
         depth: ``[V, N]`` float32 distance along the optical axis (positive in front).
     """
     pts = as_float64(points).reshape(-1, 3)
-    w2c = torch.linalg.inv(cams.c2w.double())
-    xc = pts @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]  # [V, N, 3]
-    cv = xc * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)
-    uvw = cv @ cams.K.double().transpose(1, 2)
-    depth = cv[..., 2]
-    uv = uvw[..., :2] / uvw[..., 2:3]
+    uv, depth = project(pts, cams.c2w.double()[:, None], cams.K.double()[:, None])
     return uv.float(), depth.float()

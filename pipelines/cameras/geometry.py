@@ -1,4 +1,4 @@
-"""Camera geometry primitives: rotations, look-at poses, field of view and focal length.
+"""Camera geometry primitives: rotations, look-at poses, fov and focal length, projection.
 
 Conventions (the same as the official GeoLRM code and nerfstudio):
 
@@ -12,7 +12,8 @@ Conventions (the same as the official GeoLRM code and nerfstudio):
 * **Field of view** in degrees across ``size`` pixels: ``focal = 0.5 * size / tan(fov / 2)``
   (``size = 1`` gives GeoLRM's normalised focal).
 
-Poses built here are float32; the maths behind them runs in float64.
+Poses built here are float32; the maths behind them runs in float64. :func:`project` (world
+points -> pixels, differentiable) computes in its inputs' dtype on their device.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ __all__ = [
     "look_at",
     "nearest_rotation",
     "poses_from_axes",
+    "project",
+    "projection_matrices",
     "rotation_about_z",
     "rotation_between",
 ]
@@ -147,3 +150,48 @@ def axis_point(c2w: torch.Tensor) -> torch.Tensor:
     if float(evals[0]) / len(c2w) < 1e-6:  # axes (nearly) parallel: no unique closest point
         return torch.full((3,), float("nan"), dtype=torch.float64)
     return torch.linalg.solve(a, b)
+
+
+def project(
+    points: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, z_min: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """World points to pixels: positions ``[..., 2]`` and camera z ``[...]`` (positive in front).
+
+    Args:
+        points: ``[..., 3]`` world points.
+        c2w: ``[..., 4, 4]`` OpenGL camera-to-world (rigid: the rotation is inverted by its
+            transpose).
+        K: ``[..., 3, 3]`` pixel intrinsics ``[[fx, s, cx], [0, fy, cy], [0, 0, 1]]``.
+        z_min: divide by ``max(z, z_min)`` (points behind the camera then land far outside
+            the image instead of mirrored into it); ``None`` divides by ``z`` itself.
+
+    Leading dimensions broadcast (points ``[P, 3]`` with ``c2w [M, 1, 4, 4]`` gives ``[M, P]``).
+    Computed in the inputs' dtype on their device, differentiable: ``x_c = R^T (p - t)``,
+    ``z = -z_c``, ``u = (fx x_c - s y_c) / z + cx``, ``v = -fy y_c / z + cy`` (pixel centres at
+    ``i + 0.5``, v down).
+    """
+    rot, t = c2w[..., :3, :3], c2w[..., :3, 3]
+    cam = ((points - t)[..., None, :] @ rot)[..., 0, :]  # world -> camera: R^T (p - t)
+    z = -cam[..., 2]
+    zs = z if z_min is None else z.clamp(min=z_min)
+    x, y = cam[..., 0], -cam[..., 1]  # OpenCV: y down
+    u = K[..., 0, 0] * x / zs + K[..., 0, 1] * y / zs + K[..., 0, 2]
+    v = K[..., 1, 1] * y / zs + K[..., 1, 2]
+    return torch.stack([u, v], -1), z
+
+
+def projection_matrices(c2w: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """``[V, 3, 4]`` float64 world -> (u*z, v*z, z) matrices, ``P = K [R_cv | t_cv]``, on the CPU
+    (for kernels that apply a matrix per view, such as TSDF fusion and texture baking).
+
+    ``c2w`` is OpenGL (camera looks down -z); the OpenCV world-to-camera flips y and z. The
+    world-to-camera is the exact inverse of ``c2w`` in float64, so for a float32 pose whose
+    rotation is orthonormal only to float32 rounding, ``P`` and :func:`project` agree to that
+    rounding, not bit for bit.
+    """
+    c2w = c2w.detach().to("cpu", torch.float64)
+    K = K.detach().to("cpu", torch.float64)
+    w2c = torch.linalg.inv(c2w)
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
+    rt = flip @ w2c[:, :3, :]  # [V, 3, 4]
+    return K @ rt

@@ -37,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from pipelines.cameras.geometry import projection_matrices
 from pipelines.errors import InputError
 
 __all__ = [
@@ -276,8 +277,6 @@ def texel_points(
 # ----------------------------------------------------------------------------- view colours
 def _view_arrays(fv) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(P [V, 3, 4] float64, eyes [V, 3] float64, depth [V, H, W] float32, rgb uint8)``."""
-    from pipelines.mesh.tsdf import projection_matrices
-
     P = np.ascontiguousarray(projection_matrices(fv.c2w, fv.K).numpy())
     eyes = np.ascontiguousarray(fv.c2w[:, :3, 3].detach().to("cpu", torch.float64).numpy())
     depth = np.ascontiguousarray(fv.depth.detach().to("cpu", torch.float32).numpy())

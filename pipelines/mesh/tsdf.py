@@ -7,7 +7,8 @@ observations, the number of views that had it in their frustum but hidden (occlu
 
 One observation of a voxel by one view (the rule both implementations share):
 
-* project the voxel centre with the view's ``P = K [R | t]`` (OpenCV camera: x right, y down,
+* project the voxel centre with the view's ``P = K [R | t]``
+  (:func:`~pipelines.cameras.geometry.projection_matrices`; OpenCV camera: x right, y down,
   z forward, pixel centres at ``i + 0.5``); skip the view when the centre is behind the camera
   or outside the image (outside the frustum = untouched);
 * look up the pixel containing the projection. Background pixels (depth ``<= 0``) carve free
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipelines.cameras.geometry import projection_matrices
 from pipelines.errors import InputError
 
 __all__ = [
@@ -58,7 +60,6 @@ __all__ = [
     "band_blocks",
     "integrate_numba",
     "integrate_torch",
-    "projection_matrices",
     "solid_tsdf",
 ]
 
@@ -226,19 +227,6 @@ def solid_tsdf(vol: TSDFVolume, max_free_ratio: float = 0.1) -> Tensor:
     seen = vol.weight
     interior = (seen <= max_free_ratio * (seen + vol.occluded)) & (vol.occluded > 0)
     return torch.where(interior, torch.full_like(vol.tsdf, -1.0), vol.tsdf)
-
-
-def projection_matrices(c2w: Tensor, K: Tensor) -> Tensor:
-    """``[V, 3, 4]`` float64 world -> (u*z, v*z, z) matrices, ``P = K [R_cv | t_cv]``.
-
-    ``c2w`` is OpenGL (camera looks down -z); the OpenCV world-to-camera flips y and z.
-    """
-    c2w = c2w.detach().to("cpu", torch.float64)
-    K = K.detach().to("cpu", torch.float64)
-    w2c = torch.linalg.inv(c2w)
-    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
-    rt = flip @ w2c[:, :3, :]  # [V, 3, 4]
-    return K @ rt
 
 
 def _rgb_u8(rgb: Tensor) -> Tensor:

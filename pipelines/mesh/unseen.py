@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pipelines.cameras.cameras import Cameras
+from pipelines.cameras.geometry import project
 from pipelines.splats.gaussians import Gaussians
 
 __all__ = [
@@ -80,13 +81,10 @@ def seen_vertices(
     _, h, w = depth.shape
     seen = torch.zeros(len(points), dtype=torch.bool)
     for v in range(len(c2w)):
-        rot, origin = c2w[v, :3, :3].float(), c2w[v, :3, 3].float()
-        cam = (points - origin) @ rot  # world -> camera (rows are camera axes)
-        z = -cam[:, 2]
+        origin = c2w[v, :3, 3].float()
+        uv, z = project(points, c2w[v].float(), K[v], z_min=1e-6)
         ok = z > 1e-6
-        zs = torch.where(ok, z, torch.ones_like(z))
-        col = (K[v, 0, 0] * cam[:, 0] / zs + K[v, 0, 2]).floor()
-        row = (-K[v, 1, 1] * cam[:, 1] / zs + K[v, 1, 2]).floor()
+        col, row = uv[:, 0].floor(), uv[:, 1].floor()
         ok &= (col >= 0) & (col < w) & (row >= 0) & (row < h)
         c = col.clamp(0, w - 1).long()
         r = row.clamp(0, h - 1).long()
@@ -96,7 +94,7 @@ def seen_vertices(
         ok &= cos > min_cos
         # one pixel's footprint at the point, times the slope of an oblique surface (capped)
         slope = ((1.0 - cos * cos).clamp_min(0.0).sqrt() / cos.clamp_min(1e-6)).clamp_max(4.0)
-        ok &= (depth[v, r, c] - z).abs() <= tol + zs / K[v, 0, 0] * slope
+        ok &= (depth[v, r, c] - z).abs() <= tol + z / K[v, 0, 0] * slope
         seen |= ok
     return seen
 

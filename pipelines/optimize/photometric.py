@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipelines.cameras.geometry import project
+
 __all__ = [
     "backproject",
     "blur",
     "neighbour_views",
     "photometric_consistency",
-    "project_points",
     "solid_pixels",
 ]
 
@@ -51,19 +52,6 @@ def backproject(depth: Tensor, c2w: Tensor, K: Tensor) -> Tensor:
     y = -(v - K[1, 2]) / K[1, 1]  # OpenGL: +y up, the camera looks down -z
     cam = torch.stack([x * depth, y * depth, -depth], -1)
     return cam @ c2w[:3, :3].T + c2w[:3, 3]
-
-
-def project_points(points: Tensor, c2w: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
-    """Pixel positions ``[..., 2]`` (x right, y down, pixel centres at ``i + 0.5``) and camera z
-    ``[...]`` of world points ``[..., 3]`` in cameras ``c2w [..., 4, 4]``, ``K [..., 3, 3]``
-    (leading dimensions broadcast, e.g. points ``[P, 3]`` with ``c2w [M, 1, 4, 4]``)."""
-    rot, t = c2w[..., :3, :3], c2w[..., :3, 3]
-    cam = ((points - t)[..., None, :] @ rot)[..., 0, :]  # world -> camera: R^T (p - t)
-    z = -cam[..., 2]
-    zs = z.clamp(min=1e-6)
-    u = K[..., 0, 0] * cam[..., 0] / zs + K[..., 0, 2]
-    v = -K[..., 1, 1] * cam[..., 1] / zs + K[..., 1, 2]
-    return torch.stack([u, v], -1), z
 
 
 def neighbour_views(c2w: Tensor, k: int, max_angle_deg: float = 60.0) -> list[list[int]]:
@@ -146,7 +134,7 @@ def photometric_consistency(
     pts = backproject(depth, c2w, K)[valid][None]  # [1, P, 3]
     ref = image.permute(1, 2, 0)[valid]  # [P, 3]
     h, w = others.shape[-2:]
-    uv, z = project_points(pts, other_c2w[:, None], other_K[:, None])  # [M, P, 2], [M, P]
+    uv, z = project(pts, other_c2w[:, None], other_K[:, None], z_min=1e-6)  # [M, P, 2], [M, P]
     with torch.no_grad():
         ok = (uv[..., 0] >= 0.5) & (uv[..., 0] <= w - 0.5) & (uv[..., 1] >= 0.5)
         ok &= (uv[..., 1] <= h - 0.5) & (z > 0)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from pipelines.cameras.cameras import Cameras
+from pipelines.cameras.geometry import project
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
 
@@ -118,15 +119,7 @@ def _signed_distance(masks: Tensor, threshold: float) -> Tensor:
 
 def _project(cams: Cameras, points: Tensor, v: int) -> tuple[Tensor, Tensor]:
     """Pixel coordinates ``[N, 2]`` and depth ``[N]`` of float64 world points in view ``v``."""
-    c2w = cams.c2w[v].double()
-    rot, t = c2w[:3, :3], c2w[:3, 3]
-    xc = (points - t) @ rot  # camera coordinates (OpenGL: looking down -z)
-    depth = -xc[:, 2]
-    k = cams.K[v].double()
-    z = depth.clamp_min(1e-9)
-    u = k[0, 2] + k[0, 0] * xc[:, 0] / z + k[0, 1] * (-xc[:, 1]) / z
-    w = k[1, 2] + k[1, 1] * (-xc[:, 1]) / z
-    return torch.stack([u, w], -1), depth
+    return project(points, cams.c2w[v].double(), cams.K[v].double(), z_min=1e-9)
 
 
 def _sample_bilinear(image: Tensor, uv: Tensor) -> Tensor:
