@@ -51,11 +51,11 @@ def bench_raster(n: int, size: int, repeats: int) -> dict:
     import torch
     from raster import look_at, make_scene
 
+    from pipelines.cameras import fov_to_focal
     from pipelines.raster import rasterize
-    from pipelines.raster.project import focal_from_fov
 
     scene = make_scene(n, 1).to("cuda")
-    f = focal_from_fov(39.6, size)
+    f = fov_to_focal(39.6, size)
     K = torch.tensor([[f, 0.0, size / 2], [0.0, f, size / 2], [0.0, 0.0, 1.0]])[None].cuda()
     eye = torch.tensor([0.6, 0.5, 1.5])
     c2w = look_at(eye / eye.norm() * 1.5)[None].cuda()

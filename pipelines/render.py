@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from pipelines.cameras.cameras import Cameras
-from pipelines.cameras.orbits import orbit_cameras
+from pipelines.cameras.geometry import percentile_box
+from pipelines.cameras.orbits import RENDER_FOV_DEG, TURNTABLE_ELEVATION_DEG, orbit_cameras
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
 
@@ -41,11 +42,7 @@ def object_bounds(g: Gaussians, min_opacity: float = 0.05) -> tuple[torch.Tensor
     means = g.means[keep] if keep.sum() >= 8 else g.means
     scales = g.scales[keep] if keep.sum() >= 8 else g.scales
     means, scales = means.detach().float().cpu(), scales.detach().float().cpu()
-    lo = torch.quantile(means, 0.005, dim=0) if len(means) > 1 else means[0]
-    hi = torch.quantile(means, 0.995, dim=0) if len(means) > 1 else means[0]
-    centre = (lo + hi) / 2
-    dist = (means - centre).norm(dim=-1)
-    radius = float(torch.quantile(dist, 0.995)) if len(dist) > 1 else 0.0
+    _, _, centre, radius = percentile_box(means, 0.5)
     radius += 3 * float(scales.max(-1).values.median())
     return centre, max(radius, 1e-3)
 
@@ -58,8 +55,8 @@ def fit_distance(radius: float, fov_deg: float, margin: float = 1.05) -> float:
 def turntable_cameras(
     g: Gaussians,
     frames: int = 120,
-    elevation_deg: float = 20.0,
-    fov_deg: float = 39.6,
+    elevation_deg: float = TURNTABLE_ELEVATION_DEG,
+    fov_deg: float = RENDER_FOV_DEG,
     resolution: int = 512,
     distance: float | None = None,
     start_azimuth_deg: float = 0.0,

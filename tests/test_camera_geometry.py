@@ -1,8 +1,10 @@
 """Tests for pipelines.cameras.geometry: the one world -> pixel projection (and its matrix form),
-as the visual hull, the photometric term, the unseen-surface test and TSDF fusion use it."""
+as the visual hull, the photometric term, the unseen-surface test and TSDF fusion use it; the one
+fov <-> focal, look-at point and percentile box their callers share."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,18 @@ import pytest
 import torch
 
 from pipelines.cameras import load_transforms, orbit_cameras, project_points
-from pipelines.cameras.geometry import project, projection_matrices
+from pipelines.cameras.geometry import (
+    angle_to_focal,
+    axis_point,
+    focal_to_angle,
+    focal_to_fov,
+    fov_to_focal,
+    look_at,
+    percentile_box,
+    project,
+    projection_matrices,
+)
+from pipelines.optimize.visual_hull import look_at_point
 
 SPOT = Path(__file__).parents[1] / "examples" / "spot"
 
@@ -87,3 +100,50 @@ def test_project_behind_the_camera() -> None:
     assert float(uv[0, 0]) < 16.0  # mirrored to the left half
     uv_c, z_c = project(behind, c2w, K, z_min=1e-6)
     assert float(z_c[0]) == pytest.approx(-0.5) and float(uv_c[0, 0]) > 1e4
+
+
+def test_fov_and_focal_in_degrees_and_radians() -> None:
+    """fov_to_focal is angle_to_focal of the radians (bit for bit), as the transforms.json
+    reader uses for camera_angle_x; focal_to_angle inverts it."""
+    for fov, size in ((39.6, 512), (30.0, 448), (90.0, 2.0), (5.0, 1.0)):
+        f = fov_to_focal(fov, size)
+        assert f == angle_to_focal(math.radians(fov), size)
+        assert focal_to_fov(f, size) == math.degrees(focal_to_angle(f, size))
+        assert focal_to_angle(f, size) == pytest.approx(math.radians(fov), rel=1e-12)
+
+
+def test_axis_point_and_its_two_fallbacks() -> None:
+    ring = orbit_cameras(8, elevation_deg=25.0, radius=2.0, fov_deg=40.0, size=16)
+    c2w = ring.c2w.double()
+    centre = axis_point(c2w)
+    torch.testing.assert_close(centre, torch.zeros(3, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert torch.equal(axis_point(c2w, parallel="ahead"), centre)
+    assert torch.equal(look_at_point(ring), centre)  # the visual hull's (and trainer's) call
+    # parallel axes: no closest point; NaNs (frame normalisation decides) or the mean of the
+    # points one unit ahead (visual hull)
+    eyes = torch.tensor([[0.0, -2, 0], [1, -2, 0], [2, -2, 0]])
+    par = look_at(eyes, eyes + torch.tensor([0.0, 2.0, 0.0]))
+    assert bool(torch.isnan(axis_point(par.double())).all())
+    ahead = axis_point(par.double(), parallel="ahead")
+    torch.testing.assert_close(ahead, torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError):
+        axis_point(par.double(), parallel="mean")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("percentile", [0.5, 0.2])
+def test_percentile_box(dtype: torch.dtype, percentile: float) -> None:
+    """The robust box of render.object_bounds (0.5) and mesh.object_box (0.2): per-axis
+    percentiles, their midpoint and the matching percentile distance, in the points' dtype."""
+    gen = torch.Generator().manual_seed(1)
+    pts = (torch.randn(5000, 3, generator=gen) * torch.tensor([1.0, 2.0, 0.5])).to(dtype)
+    lo, hi, centre, radius = percentile_box(pts, percentile)
+    q = percentile / 100
+    assert lo.dtype == dtype and torch.equal(lo, torch.quantile(pts, q, dim=0))
+    assert torch.equal(hi, torch.quantile(pts, 1 - q, dim=0))
+    assert torch.equal(centre, (lo + hi) / 2)
+    assert radius == float(torch.quantile((pts - centre).norm(dim=-1), 1 - q))
+    one = pts[:1]
+    lo1, hi1, c1, r1 = percentile_box(one, percentile)
+    assert torch.equal(lo1, one[0]) and torch.equal(hi1, one[0]) and torch.equal(c1, one[0])
+    assert r1 == 0.0

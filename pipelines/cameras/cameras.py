@@ -21,7 +21,6 @@ matrices (``M``, 4x4, ``x_model = M @ x_user``) are float64.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any
 
 import torch
 
-from pipelines.cameras.geometry import as_float64, nearest_rotation, project
+from pipelines.cameras.geometry import as_float64, focal_to_angle, nearest_rotation, project
 from pipelines.cameras.similarity import decompose_similarity
 from pipelines.errors import InputError
 
@@ -234,7 +233,7 @@ class Cameras:
         if not per_frame:
             fx, fy, cx, cy = (float(v) for v in intr[0])
             out.update(fl_x=fx, fl_y=fy, cx=cx, cy=cy)
-            out["camera_angle_x"] = 2.0 * math.atan(0.5 * self.width / fx)
+            out["camera_angle_x"] = focal_to_angle(fx, self.width)
         frames = []
         c2w = self.c2w.double()
         for i in range(len(self)):

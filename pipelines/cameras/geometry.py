@@ -28,12 +28,15 @@ import torch
 from pipelines.errors import InputError
 
 __all__ = [
+    "angle_to_focal",
     "as_float64",
     "axis_point",
+    "focal_to_angle",
     "focal_to_fov",
     "fov_to_focal",
     "look_at",
     "nearest_rotation",
+    "percentile_box",
     "poses_from_axes",
     "project",
     "projection_matrices",
@@ -127,20 +130,39 @@ def look_at(
     return poses_from_axes(x, y, z, eye_t)
 
 
+def angle_to_focal(angle_rad: float, size_px: float) -> float:
+    """Pixel focal length ``0.5 * size / tan(angle / 2)`` for a field of view in radians (as
+    ``camera_angle_x`` in a transforms.json)."""
+    return 0.5 * size_px / math.tan(angle_rad / 2.0)
+
+
+def focal_to_angle(focal_px: float, size_px: float) -> float:
+    """Field of view in radians for a pixel focal length (inverse of :func:`angle_to_focal`)."""
+    return 2.0 * math.atan(0.5 * size_px / focal_px)
+
+
 def fov_to_focal(fov_deg: float, size_px: float) -> float:
     """Pixel focal length ``0.5 * size / tan(fov / 2)`` (size 1 gives the normalised focal)."""
     if not 0.0 < fov_deg < 180.0:
         raise InputError(f"field of view {fov_deg} deg is out of range; use 0 < fov < 180")
-    return 0.5 * size_px / math.tan(math.radians(fov_deg) / 2.0)
+    return angle_to_focal(math.radians(fov_deg), size_px)
 
 
 def focal_to_fov(focal_px: float, size_px: float) -> float:
     """Field of view in degrees for a pixel focal length (inverse of :func:`fov_to_focal`)."""
-    return math.degrees(2.0 * math.atan(0.5 * size_px / focal_px))
+    return math.degrees(focal_to_angle(focal_px, size_px))
 
 
-def axis_point(c2w: torch.Tensor) -> torch.Tensor:
-    """Least-squares closest point to all optical axes (``c2w`` float64 ``[V,4,4]``) or NaNs."""
+def axis_point(c2w: torch.Tensor, parallel: str = "nan") -> torch.Tensor:
+    """``[3]`` float64 least-squares closest point to all optical axes of ``c2w`` ``[V, 4, 4]``
+    (float64): the point the cameras look at.
+
+    With (nearly) parallel axes there is no such point; ``parallel`` says what to return then:
+    ``"nan"`` NaNs (the caller decides), ``"ahead"`` the mean of the points one unit in front
+    of each camera.
+    """
+    if parallel not in ("nan", "ahead"):
+        raise ValueError(f"parallel must be 'nan' or 'ahead', not {parallel!r}")
     centers, dirs = c2w[:, :3, 3], -c2w[:, :3, 2]
     dirs = dirs / torch.linalg.norm(dirs, dim=-1, keepdim=True)
     proj = torch.eye(3, dtype=torch.float64) - dirs.unsqueeze(-1) * dirs.unsqueeze(-2)
@@ -148,8 +170,31 @@ def axis_point(c2w: torch.Tensor) -> torch.Tensor:
     b = (proj @ centers.unsqueeze(-1)).sum(0).squeeze(-1)
     evals = torch.linalg.eigvalsh(a)
     if float(evals[0]) / len(c2w) < 1e-6:  # axes (nearly) parallel: no unique closest point
+        if parallel == "ahead":
+            return (centers + dirs).mean(0)
         return torch.full((3,), float("nan"), dtype=torch.float64)
     return torch.linalg.solve(a, b)
+
+
+def percentile_box(
+    points: torch.Tensor, percentile: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Robust bounds of points ``[N, 3]``, in their dtype: ``(lo [3], hi [3], centre [3], radius)``.
+
+    ``lo``/``hi``: the ``percentile`` and ``100 - percentile`` percentiles per axis; ``centre``
+    their midpoint; ``radius`` the ``100 - percentile`` percentile of the points' distances from
+    the centre. One point: ``lo = hi = centre`` = that point, radius 0.
+    """
+    q = percentile / 100.0
+    if len(points) > 1:
+        lo = torch.quantile(points, q, dim=0)
+        hi = torch.quantile(points, 1.0 - q, dim=0)
+    else:
+        lo = hi = points[0]
+    centre = (lo + hi) / 2
+    dist = (points - centre).norm(dim=-1)
+    radius = float(torch.quantile(dist, 1.0 - q)) if len(dist) > 1 else 0.0
+    return lo, hi, centre, radius
 
 
 def project(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pipelines.cameras.geometry import look_at
+from pipelines.cameras.geometry import fov_to_focal, look_at, percentile_box
 from pipelines.errors import InputError
 from pipelines.mesh.export import MESH_FORMATS, export_mesh
 from pipelines.mesh.extract import (
@@ -118,20 +118,13 @@ def object_box(
     scales = g.scales[keep].detach().double().cpu()
     if not bool(torch.isfinite(means).all()):
         raise InputError("the model has non-finite Gaussian positions; nothing to mesh")
-    if len(means) > 1:
-        lo = torch.quantile(means, 0.002, dim=0)
-        hi = torch.quantile(means, 0.998, dim=0)
-    else:
-        lo = hi = means[0]
+    lo, hi, centre, radius = percentile_box(means, 0.2)
     sigma = (
         float(torch.quantile(scales.max(-1).values, 0.9))
         if len(scales) > 1
         else float(scales.max())
     )
     pad = max(3.0 * sigma + 0.03 * float((hi - lo).max()), 1e-3)
-    centre = (lo + hi) / 2
-    dist = (means - centre).norm(dim=-1)
-    radius = float(torch.quantile(dist, 0.998)) if len(dist) > 1 else 0.0
     lo, hi = lo - pad, hi + pad
     radius = min(radius + pad, float((hi - lo).norm()) / 2)
     return lo, hi, centre, radius
@@ -151,7 +144,7 @@ def mesh_cameras(
     dist = fit_distance(radius, fov_deg)
     eyes = centre.double() + fibonacci_directions(views) * dist
     c2w = look_at(eyes, centre.double())
-    f = 0.5 * image_size / math.tan(math.radians(fov_deg) / 2)
+    f = fov_to_focal(fov_deg, image_size)
     K = torch.tensor([[f, 0.0, image_size / 2], [0.0, f, image_size / 2], [0.0, 0.0, 1.0]])
     return c2w, K.expand(views, 3, 3).clone()
 

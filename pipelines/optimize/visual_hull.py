@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from pipelines.cameras.cameras import Cameras
-from pipelines.cameras.geometry import project
+from pipelines.cameras.geometry import axis_point, project
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
 
@@ -90,16 +90,9 @@ class VisualHull:
 
 def look_at_point(cams: Cameras) -> Tensor:
     """``[3]`` float64 least-squares closest point to all optical axes (with nearly parallel
-    axes: the mean of the points one unit in front of each camera)."""
-    c2w = cams.c2w.double()
-    centers, dirs = c2w[:, :3, 3], -c2w[:, :3, 2]
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    proj = torch.eye(3, dtype=torch.float64) - dirs[:, :, None] * dirs[:, None, :]
-    a = proj.sum(0)
-    b = (proj @ centers[:, :, None]).sum(0)[:, 0]
-    if float(torch.linalg.eigvalsh(a)[0]) / len(cams) < 1e-6:
-        return (centers + dirs).mean(0)
-    return torch.linalg.solve(a, b)
+    axes: the mean of the points one unit in front of each camera; see
+    :func:`~pipelines.cameras.geometry.axis_point`)."""
+    return axis_point(cams.c2w.double(), parallel="ahead")
 
 
 def _signed_distance(masks: Tensor, threshold: float) -> Tensor:

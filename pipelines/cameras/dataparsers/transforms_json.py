@@ -19,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.cameras.cameras import Cameras, PathLike
+from pipelines.cameras.geometry import angle_to_focal
 from pipelines.errors import note, path_error
 
 __all__ = ["IMAGE_EXTENSIONS", "load_transforms", "resolve_image"]
@@ -156,12 +157,12 @@ def _intrinsics(
         ax = _number(path, where, "camera_angle_x", ax)
         if not 0 < ax < math.pi:
             raise path_error(path, f"camera_angle_x {ax} is not in (0, pi) radians", "fix it")
-        fx = 0.5 * w / math.tan(0.5 * ax)
+        fx = angle_to_focal(ax, w)
     if fy is None and ay is not None:
         ay = _number(path, where, "camera_angle_y", ay)
         if not 0 < ay < math.pi:
             raise path_error(path, f"camera_angle_y {ay} is not in (0, pi) radians", "fix it")
-        fy = 0.5 * h / math.tan(0.5 * ay)
+        fy = angle_to_focal(ay, h)
     if fx is None and fy is None:
         raise path_error(
             path,
