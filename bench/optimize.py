@@ -58,13 +58,12 @@ def evaluate(gaussians, test_json: Path, size: int, device: str = "cpu") -> dict
     """Mean PSNR on white and masked PSNR over the test views at ``size`` px."""
     import torch
 
-    from pipelines.cameras import load_transforms, load_views
-    from pipelines.optimize import load_masks
+    from pipelines.cameras import load_transforms
+    from pipelines.cameras.images import load_views_and_masks
     from pipelines.raster import rasterize
 
     cams = load_transforms(test_json)
-    gt, used = load_views(cams, size, background=(1.0, 1.0, 1.0))
-    alpha = load_masks(cams, size)
+    gt, alpha, used = load_views_and_masks(cams, size, background=(1.0, 1.0, 1.0))
     psnrs, masked = [], []
     gaussians, c2w, K = gaussians.to(device), used.c2w.to(device), used.K.to(device)
     with torch.no_grad():

@@ -19,7 +19,9 @@ from pipelines.cameras.images import (
     load_images,
     load_masks,
     load_views,
+    load_views_and_masks,
     read_image,
+    read_view,
 )
 from pipelines.cameras.normalize import normalize_to_model_frame
 from pipelines.cameras.orbits import (
@@ -56,12 +58,14 @@ __all__ = [
     "load_similarity",
     "load_transforms",
     "load_views",
+    "load_views_and_masks",
     "look_at",
     "normalize_to_model_frame",
     "orbit_cameras",
     "orbit_poses",
     "project_points",
     "read_image",
+    "read_view",
     "save_similarity",
     "similarity_from_json",
     "similarity_to_json",

@@ -1,4 +1,4 @@
-"""Images of posed views: reading (colour and alpha), square padding and resizing.
+"""Images of posed views: one reader (colour and alpha from one read), square padding, resizing.
 
 Conventions: images are float32 in [0, 1], channels first (``[C, H, W]``); alpha is straight
 (not premultiplied) and composited on a ``background`` colour; non-square images are centred
@@ -19,7 +19,18 @@ from PIL import Image, UnidentifiedImageError
 from pipelines.cameras.cameras import Cameras, PathLike
 from pipelines.errors import InputError, path_error
 
-__all__ = ["image_has_alpha", "load_images", "load_masks", "load_views", "read_image"]
+__all__ = [
+    "WHITE",
+    "image_has_alpha",
+    "load_images",
+    "load_masks",
+    "load_views",
+    "load_views_and_masks",
+    "read_image",
+    "read_view",
+]
+
+WHITE = (1.0, 1.0, 1.0)
 
 
 def image_has_alpha(im: Image.Image) -> bool:
@@ -44,15 +55,18 @@ def read_image(path: Path) -> tuple[np.ndarray, bool]:
     return arr, has_alpha
 
 
-def _read_rgb(path: Path, background: tuple[float, float, float]) -> torch.Tensor:
-    """One image as ``[3, H, W]`` float32 in [0, 1], alpha composited (straight) on background."""
+def read_view(
+    path: Path, background: tuple[float, float, float] = WHITE
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One read of one image: its colour ``[3, H, W]`` float32 in [0, 1], alpha composited
+    (straight) on ``background``, and its alpha ``[1, H, W]`` (``None`` when it has none)."""
     arr, has_alpha = read_image(path)
     x = torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
     rgb, a = x[:3], x[3:4]
     if not has_alpha:
-        return rgb.contiguous()
+        return rgb.contiguous(), None
     bg = torch.tensor(background, dtype=torch.float32).view(3, 1, 1)
-    return rgb * a + bg * (1.0 - a)
+    return rgb * a + bg * (1.0 - a), a
 
 
 def _pad_square(x: torch.Tensor, fill: tuple[float, ...]) -> tuple[torch.Tensor, int, int]:
@@ -69,7 +83,8 @@ def _pad_square(x: torch.Tensor, fill: tuple[float, ...]) -> tuple[torch.Tensor,
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bicubic antialiased resize of ``[C, S, S]`` to ``size`` (as the official scripts), clamped."""
+    """Bicubic antialiased resize of ``[C, S, S]`` to ``size`` (as the official scripts),
+    clamped to [0, 1]."""
     if x.shape[-1] == size:
         return x
     y = torch.nn.functional.interpolate(
@@ -78,10 +93,16 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return y.squeeze(0).clamp(0.0, 1.0)
 
 
+def _square_mask(alpha: torch.Tensor, size: int | None) -> torch.Tensor:
+    """``[1, H, W]`` alpha padded square with 0 and resized like the colours -> ``[S, S]``."""
+    a, _, _ = _pad_square(alpha, (0.0,))
+    return (a if size is None else _resize(a, size))[0]
+
+
 def load_images(
     paths: Sequence[PathLike],
     size: int | None = None,
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    background: tuple[float, float, float] = WHITE,
 ) -> torch.Tensor:
     """Load images as ``[V, 3, S, S]`` float32 in [0, 1].
 
@@ -94,7 +115,7 @@ def load_images(
         raise InputError("no images given; pass at least one image")
     out = []
     for p in paths:
-        x, _, _ = _pad_square(_read_rgb(Path(p), background), background)
+        x, _, _ = _pad_square(read_view(Path(p), background)[0], background)
         out.append(x if size is None else _resize(x, size))
     sides = {x.shape[-1] for x in out}
     if len(sides) > 1:
@@ -105,7 +126,7 @@ def load_images(
 def load_views(
     cams: Cameras,
     size: int | None = 448,
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    background: tuple[float, float, float] = WHITE,
 ) -> tuple[torch.Tensor, Cameras]:
     """Load the cameras' images for reconstruction.
 
@@ -122,13 +143,56 @@ def load_views(
         images: ``[V, 3, size, size]`` float32 in [0, 1].
         cameras: the same poses with intrinsics for ``size x size``.
     """
+    images, _, _, out = _load(cams, size, background, masks=False)
+    return images, out
+
+
+def load_views_and_masks(
+    cams: Cameras,
+    size: int | None = 448,
+    background: tuple[float, float, float] = WHITE,
+    require_alpha: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, Cameras]:
+    """:func:`load_views` and :func:`load_masks` from one read of each image.
+
+    Returns:
+        images: as :func:`load_views`.
+        masks: ``[V, size, size]`` as :func:`load_masks`, or ``None`` when some view has no
+            alpha and ``require_alpha`` is False.
+        cameras: as :func:`load_views`.
+
+    Raises:
+        InputError: as :func:`load_views`; with ``require_alpha``, the first image without
+            alpha as :func:`load_masks` (after every view was read, so a size error comes
+            first, as when calling the two in turn).
+    """
+    images, masks, missing, out = _load(cams, size, background, masks=True)
+    if missing is not None:
+        if require_alpha:
+            raise _no_alpha(missing)
+        return images, None, out
+    return images, masks, out
+
+
+def _no_alpha(path: Path) -> InputError:
+    return path_error(
+        path, "the image has no alpha channel", "give RGBA views with a transparent background"
+    )
+
+
+def _load(
+    cams: Cameras, size: int | None, background: tuple[float, float, float], masks: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, Path | None, Cameras]:
+    """The loop of :func:`load_views` (and of the masks with ``masks``): images, masks (None
+    without ``masks`` or when one is missing), the first image without alpha, the cameras."""
     if cams.image_paths is None:
         raise InputError("these cameras have no image files; give a transforms.json with images")
     first = None
-    out = []
+    out, alphas = [], []
+    missing = None
     work = cams
     for p in cams.image_paths:
-        x = _read_rgb(p, background)
+        x, a = read_view(p, background)
         h, w = x.shape[-2:]
         if first is None:
             first = (w, h)
@@ -148,12 +212,17 @@ def load_views(
             )
         x, _, _ = _pad_square(x, background)
         out.append(x if size is None else _resize(x, size))
+        if masks and a is None:
+            missing = missing or p
+        elif masks and missing is None:
+            alphas.append(_square_mask(a, size))
     assert first is not None
     side = max(first)
     work = work.padded((side - first[0]) // 2, (side - first[1]) // 2, side, side)
     if size is not None and size != side:
         work = work.resized(size, size)
-    return torch.stack(out), work
+    stacked = torch.stack(alphas) if masks and missing is None else None
+    return torch.stack(out), stacked, missing, work
 
 
 def load_masks(cams: Cameras, size: int | None = 448) -> torch.Tensor:
@@ -167,12 +236,10 @@ def load_masks(cams: Cameras, size: int | None = 448) -> torch.Tensor:
         raise InputError("these cameras have no image files; give a transforms.json with images")
     out = []
     for p in cams.image_paths:
-        arr, has_alpha = read_image(p)
-        if not has_alpha:
-            fix = "give RGBA views with a transparent background"
-            raise path_error(p, "the image has no alpha channel", fix)
-        a, _, _ = _pad_square(torch.from_numpy(arr[..., 3:]).permute(2, 0, 1) / 255.0, (0.0,))
-        out.append((a if size is None else _resize(a, size))[0])
+        _, a = read_view(p)
+        if a is None:
+            raise _no_alpha(p)
+        out.append(_square_mask(a, size))
     if len({tuple(a.shape) for a in out}) > 1:
         raise InputError("the views have different sizes; all views must share one image size")
     return torch.stack(out)

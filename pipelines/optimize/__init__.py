@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from pipelines.cameras.cameras import Cameras
-from pipelines.cameras.images import image_has_alpha, load_masks, load_views
+from pipelines.cameras.images import image_has_alpha, load_masks, load_views_and_masks
 from pipelines.cameras.similarity import invert_similarity
 from pipelines.errors import InputError
 from pipelines.optimize.trainer import StepInfo, TrainConfig, optimize_gaussians
@@ -176,8 +176,7 @@ def optimize_views(
 
     t = time.perf_counter()
     stage(f"Loading {len(cams)} views at {resolution} px")
-    images, used = load_views(cams, resolution)
-    masks = load_masks(cams, resolution)
+    images, masks, used = load_views_and_masks(cams, resolution)
     cams_model, m = to_model_frame(used)
     timings["load"] = time.perf_counter() - t
 
@@ -248,11 +247,8 @@ def refine_result(
     cfg = replace(config or DEFAULT_CONFIG, seed=int(seed), iterations=int(iterations))
     stage = on_stage or (lambda *_a: None)
     stage(f"Loading {len(cams)} views at {resolution} px for refinement")
-    images, _ = load_views(cams, resolution)
-    try:
-        masks = load_masks(cams, resolution)
-    except InputError:
-        masks = None  # views without alpha: RGB loss only
+    # views without alpha: masks None, RGB loss only
+    images, masks, _ = load_views_and_masks(cams, resolution, require_alpha=False)
     cams_model = result.cameras_model.resized(resolution, resolution)
     stage(f"Refining {iterations} steps", int(iterations))
     g_model = optimize_gaussians(
