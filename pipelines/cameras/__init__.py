@@ -12,7 +12,12 @@ Each module states its conventions at the top; this file only re-exports.
 """
 
 from pipelines.cameras.cameras import Cameras, project_points
-from pipelines.cameras.dataparsers import IMAGE_EXTENSIONS, load_transforms
+from pipelines.cameras.dataparsers import (
+    IMAGE_EXTENSIONS,
+    ParsedTransforms,
+    load_transforms,
+    parse_transforms,
+)
 from pipelines.cameras.geometry import focal_to_fov, fov_to_focal, look_at
 from pipelines.cameras.images import (
     image_has_alpha,
@@ -47,6 +52,7 @@ __all__ = [
     "RENDER_FOV_DEG",
     "TURNTABLE_ELEVATION_DEG",
     "Cameras",
+    "ParsedTransforms",
     "apply_similarity",
     "decompose_similarity",
     "focal_to_fov",
@@ -63,6 +69,7 @@ __all__ = [
     "normalize_to_model_frame",
     "orbit_cameras",
     "orbit_poses",
+    "parse_transforms",
     "project_points",
     "read_image",
     "read_view",

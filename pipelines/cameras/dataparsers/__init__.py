@@ -3,8 +3,16 @@ today)."""
 
 from pipelines.cameras.dataparsers.transforms_json import (
     IMAGE_EXTENSIONS,
+    ParsedTransforms,
     load_transforms,
+    parse_transforms,
     resolve_image,
 )
 
-__all__ = ["IMAGE_EXTENSIONS", "load_transforms", "resolve_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ParsedTransforms",
+    "load_transforms",
+    "parse_transforms",
+    "resolve_image",
+]

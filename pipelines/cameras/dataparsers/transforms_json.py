@@ -3,14 +3,15 @@
 Conventions: ``transform_matrix`` is an OpenGL camera-to-world (z-up world as written, not
 re-oriented or re-centred); intrinsics are pixels (``fl_x, fl_y, cx, cy, w, h``) or
 ``camera_angle_x`` radians; ``file_path`` is relative to the JSON's folder. The parser applies
-one transform, and says so: a rotation block carrying a uniform scale is divided by it (the
-camera centre kept). Errors are one line naming the file, the problem and the fix.
+one transform, and reports it (a note, and :attr:`ParsedTransforms.rotation_scales`): a
+rotation block carrying a uniform scale is divided by it (the camera centre kept). Errors are one line naming the file, the problem and the fix.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ from pipelines.cameras.cameras import Cameras, PathLike
 from pipelines.cameras.geometry import angle_to_focal
 from pipelines.errors import note, path_error
 
-__all__ = ["IMAGE_EXTENSIONS", "load_transforms", "resolve_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ParsedTransforms",
+    "load_transforms",
+    "parse_transforms",
+    "resolve_image",
+]
 
 #: Extensions tried, in order, when a ``file_path`` in a transforms.json has none.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".PNG", ".JPG", ".JPEG", ".WEBP")
@@ -187,7 +194,27 @@ def _image_size(path: Path, image: Path) -> tuple[int, int]:
         raise path_error(path, f"cannot read image {image} ({e})", "replace the file") from None
 
 
+@dataclass(frozen=True)
+class ParsedTransforms:
+    """What :func:`parse_transforms` read.
+
+    Attributes:
+        cameras: the frames' cameras, in the file's order and world frame.
+        rotation_scales: per frame, the uniform scale divided out of its rotation block (1.0:
+            the pose was rigid and is kept exactly as written). This is the only transform the
+            parser applies; camera centres are never moved.
+    """
+
+    cameras: Cameras
+    rotation_scales: tuple[float, ...]
+
+
 def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
+    """The cameras of a ``transforms.json``: :func:`parse_transforms` (see there) ``.cameras``."""
+    return parse_transforms(path, require_images).cameras
+
+
+def parse_transforms(path: PathLike, require_images: bool = True) -> ParsedTransforms:
     """Read a nerfstudio / NeRF-synthetic / instant-ngp ``transforms.json``.
 
     * Intrinsics may be top level or per frame (frame keys win): ``fl_x, fl_y, cx, cy, w, h``
@@ -199,7 +226,8 @@ def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
       bottom row 0 0 0 1, proper rotation within 1e-3) and kept as written (not re-orthonormalised,
       so float32 poses pass through bit-exactly). A rotation block with a uniform scale (``s R``,
       as some nerfstudio-processed captures store) is divided by ``s`` with the camera centre
-      kept, and one note says so; shear and mirroring are refused.
+      kept, one note says so and :attr:`ParsedTransforms.rotation_scales` records it; shear
+      and mirroring are refused.
     * ``file_path`` is relative to the JSON's folder (or absolute); without an extension
       (NeRF-synthetic) ``.png``, ``.jpg``, ``.jpeg``, ``.webp`` are tried.
     * Frames keep the file's order. Other keys (``applied_transform``, ``aabb_scale``, ``scale``,
@@ -249,7 +277,7 @@ def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
     base = path.parent
     images: list[Path | None] = []
     poses = []
-    scales: list[float] = []
+    scales: list[float] = []  # every frame's, 1.0 when rigid
     for i, frame in enumerate(frames):
         if not isinstance(frame, dict):
             raise path_error(path, f"frame {i} is not a JSON object", "fix the frames list")
@@ -259,8 +287,7 @@ def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
             )
         pose, scale = _check_pose(path, i, frame["transform_matrix"])
         poses.append(pose)
-        if scale != 1.0:
-            scales.append(scale)
+        scales.append(scale)
         fp = frame.get("file_path")
         img = None
         if isinstance(fp, str) and fp:
@@ -278,11 +305,12 @@ def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
                 path, f"frame {i} has no file_path", "add the image path for every frame"
             )
         images.append(img)
-    if scales:
-        lo, hi = min(scales), max(scales)
+    scaled = [s for s in scales if s != 1.0]
+    if scaled:
+        lo, hi = min(scaled), max(scaled)
         what = f"{lo:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g} to {hi:.3g}"
         note(
-            f"{path}: {len(scales)} of {len(frames)} transform_matrix rotations carry a uniform "
+            f"{path}: {len(scaled)} of {len(frames)} transform_matrix rotations carry a uniform "
             f"scale ({what}); removed it from the rotations, camera centres kept"
         )
     first_size = None
@@ -303,4 +331,4 @@ def load_transforms(path: PathLike, require_images: bool = True) -> Cameras:
         k[i] = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=torch.float64)
     c2w = torch.from_numpy(np.stack(poses))
     paths = None if any(p is None for p in images) else [p for p in images if p is not None]
-    return Cameras(c2w.float(), k.float(), w, h, paths)
+    return ParsedTransforms(Cameras(c2w.float(), k.float(), w, h, paths), tuple(scales))
