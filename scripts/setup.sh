@@ -37,3 +37,10 @@ extras="test"
 [ "$gpu" = 1 ] && extras="test,cuda"
 "${PIP[@]}" install -e ".[${extras}]"
 echo "geolrm is installed in .venv (torch: $(.venv/bin/python -c 'import torch; print(torch.__version__)'))" >&2
+
+# Compile the numba kernels (rasteriser, optimiser, TSDF, texture, GeoLRM sampling) into numba's
+# on-disk cache now, so the first real command does not pay for it; never fails the set-up.
+echo "compiling the numba kernels into their cache (python -m pipelines.warmup; ~1 min on 2 cores)" >&2
+if ! .venv/bin/python -m pipelines.warmup; then
+  echo "note: the numba warm-up did not complete; those kernels compile on first use instead" >&2
+fi
