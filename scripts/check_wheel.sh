@@ -84,4 +84,7 @@ tiny=$ROOT/tests/fixtures/geolrm_tiny
   --checkpoint "$tiny/geolrm_tiny_weights.safetensors" \
   --config "$ROOT/examples/tiny/geolrm_tiny_config.json" -o "$tmp/out/tiny" --no-video
 test -s "$tmp/out/tiny/model.ply" || { echo "check_wheel: no model.ply written" >&2; exit 1; }
+# numba caches next to the installed modules (GeoLRM's CPU sampling kernel ran just now)
+site=$("$tmp/venv/bin/python" -c 'import pathlib, pipelines; print(pathlib.Path(pipelines.__file__).parent)')
+find "$site" -name '*.nbi' | grep -q . || { echo "check_wheel: numba cached nothing in $site" >&2; exit 1; }
 step "ok: the wheel installs and runs outside the checkout"
