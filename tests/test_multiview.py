@@ -252,6 +252,24 @@ def test_processors_from_config(z123, cond_image) -> None:
     assert clip_x.shape == (1, 3, tm.CLIP_SIZE, tm.CLIP_SIZE)
 
 
+@pytest.mark.parametrize("size", [(227, 224), (224, 301), (300, 250)])
+def test_image_processor_matches_transformers(size) -> None:
+    """Resize of the shortest edge and centre crop as transformers' CLIP processor (PIL
+    backend): the crop offset floors (``image_transforms.center_crop``), so an odd margin
+    keeps one more column on the right, not on the left."""
+    from pipelines.multiview._common import ImageProcessor
+
+    transformers = pytest.importorskip("transformers")
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    theirs = cls(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    want = theirs(im, return_tensors="pt").pixel_values
+    got = ImageProcessor(224, 224)(im)
+    assert got.shape == want.shape == (1, 3, 224, 224)
+    assert (got - want).abs().max() < 1e-5
+
+
 def test_global_conditioning_ramp(z123, cond_image) -> None:
     emb = z123.encode_prompt(cond_image, guidance=True)
     text = z123.empty_prompt_embeds()

@@ -102,7 +102,7 @@ class ImageProcessor:
         if self.do_center_crop:
             w, h = im.size
             c = self.crop
-            left, top = int(round((w - c) / 2.0)), int(round((h - c) / 2.0))
+            left, top = (w - c) // 2, (h - c) // 2  # transformers' center_crop floors
             im = im.crop((left, top, left + c, top + c))
         x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)
         x = x * self.rescale_factor
