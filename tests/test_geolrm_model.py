@@ -19,13 +19,15 @@ from safetensors.torch import load_file, save_file
 from pipelines.errors import InputError, MissingWeightsError
 from pipelines.geolrm import GeoLRM, convert_checkpoint
 from pipelines.geolrm.checkpoint import TRAINING_ONLY_PREFIXES, read_state_dict
+from pipelines.geolrm.dinov2_keys import (
+    dinov2_key_to_installed,
+    dinov2_key_to_new,
+    dinov2_key_to_official,
+)
 from pipelines.geolrm.model import (
     SelfAttention,
     _deformable_sample_torch,
     deformable_sample,
-    dinov2_key_to_installed,
-    dinov2_key_to_new,
-    dinov2_key_to_official,
     interpolate_pos_embed_4341,
     normalize_images,
     project_points,
