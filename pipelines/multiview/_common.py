@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from pipelines.errors import InputError
 
@@ -132,8 +133,6 @@ def load_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         raise InputError(f"weights file {path} not found")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         try:
             sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
