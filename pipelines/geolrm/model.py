@@ -862,6 +862,19 @@ class GeoTransformer(nn.Module):
         )
         self.norm = RMSNorm(dim)
 
+    @classmethod
+    def from_config(cls, cfg: ProposalConfig | ReconstructionConfig) -> GeoTransformer:
+        """The transformer of either stage, sized by its config section."""
+        return cls(
+            cfg.transformer_dim,
+            cfg.transformer_layers,
+            cfg.transformer_heads,
+            cfg.encoder_feat_dim,
+            cfg.num_deform_points,
+            cfg.grid_size,
+            attention_mode(cfg),
+        )
+
     def set_attention_mode(self, mode: str) -> None:
         for layer in self.layers:
             layer.self_attention.mode = mode
@@ -913,15 +926,7 @@ class ProposalNetwork(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = ImageEncoder(dino, cfg.encoder_feat_dim, view_chunk)
-        self.transformer = GeoTransformer(
-            cfg.transformer_dim,
-            cfg.transformer_layers,
-            cfg.transformer_heads,
-            cfg.encoder_feat_dim,
-            cfg.num_deform_points,
-            cfg.grid_size,
-            attention_mode(cfg),
-        )
+        self.transformer = GeoTransformer.from_config(cfg)
         self.upsample = nn.Linear(cfg.transformer_dim, cfg.token_res**3)
 
     def occupancy_logits(
@@ -1032,15 +1037,7 @@ class ReconstructionModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = ImageEncoder(dino, cfg.encoder_feat_dim, view_chunk)
-        self.transformer = GeoTransformer(
-            cfg.transformer_dim,
-            cfg.transformer_layers,
-            cfg.transformer_heads,
-            cfg.encoder_feat_dim,
-            cfg.num_deform_points,
-            cfg.grid_size,
-            attention_mode(cfg),
-        )
+        self.transformer = GeoTransformer.from_config(cfg)
         self.renderer = GaussianDecoder(
             cfg.transformer_dim, cfg.gs_per_token, cfg.offset_max, cfg.scale_max
         )

@@ -50,6 +50,8 @@ from pipelines.multiview._common import (
     Placement,
     assign_weights,
     build_on_meta,
+    check_sampling,
+    latent_multiple,
     make_generator,
     randn,
     to_pil,
@@ -719,11 +721,7 @@ class SV3DPipeline:
             replace_last: put the input photo in as the last frame (its own view), as the
                 official script does.
         """
-        if num_inference_steps < 1:
-            raise InputError(f"--steps must be at least 1, got {num_inference_steps}")
-        f = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if size < f or size % f:
-            raise InputError(f"SV3D input size {size} must be a positive multiple of {f}")
+        check_sampling(num_inference_steps, size, latent_multiple(self), "SV3D input size")
         gen = generator if generator is not None else make_generator(seed)
         im = image.convert("RGB")
         if im.size != (size, size):
