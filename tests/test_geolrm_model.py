@@ -459,23 +459,12 @@ def test_deformable_sample_matches_grid_sample(path):
     assert_close(out, expected, "deformable sampling", atol=1e-5)
 
 
-def test_sampling_kernel_compiles_without_a_cache_dir(monkeypatch):
+def test_sampling_kernel_compiles_without_a_cache_dir(numba_without_cache):
     """Where numba can write no cache, the fused sampling kernel is built uncached (through
     :func:`pipelines.numba_jit.cached_njit`) instead of raising at decoration."""
-    import numba
-
     from pipelines.geolrm.model import _numba_kernel
 
-    real_njit = numba.njit
-    calls = []
-
-    def failing_njit(*args, cache=False, **kwargs):
-        calls.append(cache)
-        if cache:
-            raise RuntimeError("cannot cache function: no locator available")
-        return real_njit(*args, **kwargs)
-
-    monkeypatch.setattr(numba, "njit", failing_njit)
+    calls = numba_without_cache
     kernel = _numba_kernel.__wrapped__(5)  # a fresh build, not the process-wide one
     assert calls == [True, False]
     assert callable(kernel)
