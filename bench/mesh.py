@@ -51,7 +51,7 @@ def load_real(data: Path, views: int):
     """Real depth + colour maps, cycled to ``views``: (depth, rgb, c2w, K, name)."""
     from PIL import Image
 
-    from pipelines.cameras import load_transforms
+    from pipelines.cameras.dataparsers import load_transforms
 
     meta = json.loads((data / "transforms_train.json").read_text())
     unit = float(meta.get("depth_unit_scale_factor", 1e-4))

@@ -58,7 +58,7 @@ def evaluate(gaussians, test_json: Path, size: int, device: str = "cpu") -> dict
     """Mean PSNR on white and masked PSNR over the test views at ``size`` px."""
     import torch
 
-    from pipelines.cameras import load_transforms
+    from pipelines.cameras.dataparsers import load_transforms
     from pipelines.cameras.images import load_views_and_masks
     from pipelines.raster import rasterize
 

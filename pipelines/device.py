@@ -25,6 +25,9 @@ from typing import TypeVar
 
 from pipelines.errors import InputError, note
 
+# torch is imported inside the functions that need it: the CLI imports this module, and
+# enable_mps_fallback must run before torch is first imported.
+
 T = TypeVar("T")
 
 MPS_FALLBACK_ENV = "PYTORCH_ENABLE_MPS_FALLBACK"

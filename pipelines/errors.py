@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 
 class InputError(ValueError):
     """Bad user input or environment: the message names the problem and, where possible, the fix.
@@ -27,6 +29,4 @@ class Note(UserWarning):
 
 def note(message: str) -> None:
     """Emit ``message`` as a :class:`Note` (one line; shown once per call site and message)."""
-    import warnings
-
     warnings.warn(" ".join(str(message).split()), Note, stacklevel=2)

@@ -65,6 +65,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipelines.errors import InputError
+from pipelines.weights import artifact, cache_location, list_artifacts, local_path, u2net_home
 
 __all__ = [
     "DEFAULT_FOREGROUND_RATIO",
@@ -190,8 +191,6 @@ def has_alpha(image: Image.Image, min_fraction: float = MIN_TRANSPARENT_FRACTION
 
 def rembg_models() -> list[str]:
     """The rembg models the weights registry knows (``geolrm weights download NAME``)."""
-    from pipelines.weights import list_artifacts
-
     return [a.name for a in list_artifacts() if a.cache == "u2net"]
 
 
@@ -203,8 +202,6 @@ def check_rembg(model: str = DEFAULT_REMBG_MODEL) -> Path:
 
 def _rembg_model_path(model: str) -> Path:
     """The cached ``.onnx`` of ``model``; InputError naming the fetch command when missing."""
-    from pipelines.weights import artifact, cache_location, local_path, u2net_home
-
     known = rembg_models()
     if model not in known:
         raise InputError(

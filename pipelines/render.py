@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipelines.cameras.cameras import Cameras
-from pipelines.cameras.geometry import percentile_box
+from pipelines.cameras.geometry import fit_distance, percentile_box
 from pipelines.cameras.orbits import RENDER_FOV_DEG, TURNTABLE_ELEVATION_DEG, orbit_cameras
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
@@ -45,11 +45,6 @@ def object_bounds(g: Gaussians, min_opacity: float = 0.05) -> tuple[torch.Tensor
     _, _, centre, radius = percentile_box(means, 0.5)
     radius += 3 * float(scales.max(-1).values.median())
     return centre, max(radius, 1e-3)
-
-
-def fit_distance(radius: float, fov_deg: float, margin: float = 1.05) -> float:
-    """Camera distance at which a sphere of ``radius`` fills the field of view."""
-    return margin * radius / math.sin(math.radians(fov_deg) / 2)
 
 
 def turntable_cameras(

@@ -26,6 +26,11 @@ from collections.abc import Callable
 
 import torch
 
+from pipelines.geolrm.model import ProposalConfig, ReconstructionConfig, deformable_sample
+from pipelines.mesh import gaussians_to_mesh
+from pipelines.optimize.trainer import TrainConfig, optimize_gaussians
+from pipelines.raster import cpu, rasterize
+from pipelines.render import render_frames, turntable_cameras
 from pipelines.splats.gaussians import Gaussians
 
 RES = 32  # views' size in pixels
@@ -44,16 +49,12 @@ def tiny_gaussians(n: int = N_GAUSS, seed: int = 0) -> Gaussians:
 
 
 def _cams(g: Gaussians, frames: int = 4, resolution: int = RES):
-    from pipelines.render import turntable_cameras
-
     return turntable_cameras(g, frames=frames, resolution=resolution)
 
 
 def _raster() -> None:
     """One float32 forward + backward through every output of the CPU rasteriser, and one
     forward without autograd (turntables, renders)."""
-    from pipelines.raster import rasterize
-
     g0 = tiny_gaussians()
     cams = _cams(g0, frames=2)
     leaves = [t.clone().requires_grad_(True) for t in (g0.means, g0.scales, g0.quats)]
@@ -68,9 +69,6 @@ def _raster() -> None:
 
 def _optimize() -> None:
     """A few steps of the real optimiser (densify, prune, the photometric term) on 4 views."""
-    from pipelines.optimize.trainer import TrainConfig, optimize_gaussians
-    from pipelines.raster import rasterize
-
     target = tiny_gaussians()
     cams = _cams(target)
     with torch.no_grad():
@@ -83,8 +81,6 @@ def _optimize() -> None:
 
 def _turntable() -> None:
     """The turntable's renders (white background, one camera per call)."""
-    from pipelines.render import render_frames
-
     g = tiny_gaussians()
     for _ in render_frames(g, _cams(g, frames=2)):
         pass
@@ -92,8 +88,6 @@ def _turntable() -> None:
 
 def _mesh() -> None:
     """TSDF fusion (numba path), marching cubes and a baked texture: ``geolrm mesh --texture``."""
-    from pipelines.mesh import gaussians_to_mesh
-
     g = tiny_gaussians(n=256)
     gaussians_to_mesh(g, views=4, resolution=16, faces=None, texture_size=64)
 
@@ -101,8 +95,6 @@ def _mesh() -> None:
 def _geolrm() -> None:
     """GeoLRM's fused deformable sampling, for the channels per head of the released model's
     proposal and reconstruction transformers (and of the tiny test model)."""
-    from pipelines.geolrm.model import ProposalConfig, ReconstructionConfig, deformable_sample
-
     gen = torch.Generator().manual_seed(0)
     channels = sorted(
         {
@@ -133,10 +125,6 @@ STEPS: dict[str, Callable[[], None]] = {
 
 def cache_note() -> str | None:
     """A note when numba cannot cache the rasteriser's kernels here (None when it can)."""
-    try:
-        from pipelines.raster import cpu
-    except Exception as e:  # pragma: no cover - numba is a dependency
-        return f"the numba kernels cannot be loaded ({type(e).__name__}: {e})"
     if type(cpu._forward_kernel._cache).__name__ == "NullCache":
         return "numba finds no writable cache folder here; the kernels compile in every process"
     return None
@@ -144,8 +132,6 @@ def cache_note() -> str | None:
 
 def cache_dir() -> str:
     """Where numba writes the rasteriser's cache (next to the module, or numba's user dir)."""
-    from pipelines.raster import cpu
-
     return str(getattr(cpu._forward_kernel._cache, "_cache_path", "?"))
 
 

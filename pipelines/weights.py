@@ -21,15 +21,20 @@ Nothing here imports huggingface_hub at module level (the CLI must start fast).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import http.client
 import importlib.resources
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import InputError, MissingWeightsError
+from pipelines.io_utils import atomic_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -297,8 +302,6 @@ def artifact(name: Artifact | str) -> Artifact:
     reg = load_registry()
     if name in reg:
         return reg[name]
-    import difflib
-
     close = difflib.get_close_matches(name, list(reg), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise InputError(f"unknown model artifact '{name}'{hint}; known: {', '.join(reg)}")
@@ -654,12 +657,6 @@ def _download_hf(a: Artifact, token: str | None, force: bool) -> None:
 
 
 def _download_url(a: Artifact, progress: ByteProgress | None) -> None:
-    import http.client
-    import urllib.error
-    import urllib.request
-
-    from pipelines.io_utils import atomic_path
-
     spec = a.files[0]
     dest = cache_location(a) / spec.path
     request = urllib.request.Request(a.url, headers={"User-Agent": "geolrm-weights"})

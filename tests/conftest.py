@@ -56,3 +56,23 @@ def mps_standin(monkeypatch):
         return move(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.Module, "to", to)
+
+
+@pytest.fixture
+def numba_without_cache(monkeypatch) -> list[bool]:
+    """``numba.njit`` as where no cache dir is writable: ``cache=True`` raises numba's
+    RuntimeError at decoration, ``cache=False`` compiles. Returns the ``cache`` flag of each
+    ``njit`` call, in order."""
+    import numba
+
+    real_njit = numba.njit
+    calls: list[bool] = []
+
+    def failing_njit(*args, cache=False, **kwargs):
+        calls.append(cache)
+        if cache:
+            raise RuntimeError("cannot cache function: no locator available")
+        return real_njit(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", failing_njit)
+    return calls

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.cameras import load_transforms, orbit_poses
-from pipelines.cameras.dataparsers import ParsedTransforms, parse_transforms
+from pipelines.cameras import orbit_poses
+from pipelines.cameras.dataparsers import ParsedTransforms, load_transforms, parse_transforms
 from pipelines.errors import Note
 
 SPOT = Path(__file__).parents[1] / "examples" / "spot"

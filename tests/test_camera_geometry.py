@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.cameras import load_transforms, orbit_cameras, project_points
+from pipelines.cameras import orbit_cameras, project_points
+from pipelines.cameras.dataparsers import load_transforms
 from pipelines.cameras.geometry import (
     angle_to_focal,
     axis_point,

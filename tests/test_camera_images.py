@@ -11,13 +11,12 @@ import torch
 from PIL import Image
 
 import pipelines.cameras.images as images_mod
-from pipelines.cameras import (
-    Cameras,
+from pipelines.cameras import Cameras, orbit_poses
+from pipelines.cameras.dataparsers import load_transforms
+from pipelines.cameras.images import (
     load_masks,
-    load_transforms,
     load_views,
     load_views_and_masks,
-    orbit_poses,
     read_image,
     read_view,
 )

@@ -20,10 +20,7 @@ from pipelines.cameras import (
     focal_to_fov,
     fov_to_focal,
     invert_similarity,
-    load_images,
     load_similarity,
-    load_transforms,
-    load_views,
     look_at,
     normalize_to_model_frame,
     orbit_cameras,
@@ -33,6 +30,8 @@ from pipelines.cameras import (
     similarity_from_json,
     similarity_to_json,
 )
+from pipelines.cameras.dataparsers import load_transforms
+from pipelines.cameras.images import load_images, load_views
 from pipelines.errors import InputError
 from pipelines.multiview.rigs import (
     sv3d_azimuths_deg,

@@ -137,7 +137,7 @@ def test_views_match_grid_and_rig(full_run: Path) -> None:
     cameras at the tile size in views/transforms.json."""
     import numpy as np
 
-    from pipelines.cameras import load_transforms
+    from pipelines.cameras.dataparsers import load_transforms
     from pipelines.multiview.rigs import zero123pp_cameras
 
     grid = np.asarray(Image.open(full_run / "views.png"))
@@ -314,7 +314,7 @@ def test_sv3d_chain(tmp_path, sv3d_dir, cli) -> None:
     as the last frame."""
     import numpy as np
 
-    from pipelines.cameras import load_transforms
+    from pipelines.cameras.dataparsers import load_transforms
     from pipelines.multiview.rigs import sv3d_cameras
 
     out = tmp_path / "out"
@@ -344,7 +344,7 @@ def test_sv3d_official_cameras(tmp_path, sv3d_dir, cli) -> None:
     them (``src/utils/camera_util.py:133``, ``np.linspace(0, 360, 21, endpoint=False)``;
     ``run_geolrm_sv3d.py:105``), recorded in views/transforms.json so `geolrm recon out/views`
     reruns with them, at SV3D's GeoLRM input size 560 (``run_geolrm_sv3d.py:103``)."""
-    from pipelines.cameras import load_transforms
+    from pipelines.cameras.dataparsers import load_transforms
     from pipelines.multiview.rigs import sv3d_cameras
     from pipelines.reconstruct import default_size, input_rig
 

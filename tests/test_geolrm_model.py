@@ -19,13 +19,15 @@ from safetensors.torch import load_file, save_file
 from pipelines.errors import InputError, MissingWeightsError
 from pipelines.geolrm import GeoLRM, convert_checkpoint
 from pipelines.geolrm.checkpoint import TRAINING_ONLY_PREFIXES, read_state_dict
+from pipelines.geolrm.dinov2_keys import (
+    dinov2_key_to_installed,
+    dinov2_key_to_new,
+    dinov2_key_to_official,
+)
 from pipelines.geolrm.model import (
     SelfAttention,
     _deformable_sample_torch,
     deformable_sample,
-    dinov2_key_to_installed,
-    dinov2_key_to_new,
-    dinov2_key_to_official,
     interpolate_pos_embed_4341,
     normalize_images,
     project_points,
@@ -455,6 +457,17 @@ def test_deformable_sample_matches_grid_sample(path):
         start += h * wd
     expected = expected.permute(0, 3, 1, 2).reshape(B, S, Hc * C)
     assert_close(out, expected, "deformable sampling", atol=1e-5)
+
+
+def test_sampling_kernel_compiles_without_a_cache_dir(numba_without_cache):
+    """Where numba can write no cache, the fused sampling kernel is built uncached (through
+    :func:`pipelines.numba_jit.cached_njit`) instead of raising at decoration."""
+    from pipelines.geolrm.model import _numba_kernel
+
+    calls = numba_without_cache
+    kernel = _numba_kernel.__wrapped__(5)  # a fresh build, not the process-wide one
+    assert calls == [True, False]
+    assert callable(kernel)
 
 
 # ------------------------------------------------------------------ anchors

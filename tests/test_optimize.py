@@ -14,7 +14,9 @@ import torch
 
 from geolrm_cli.app import app
 from geolrm_cli.console import run_cli
-from pipelines.cameras import Cameras, load_transforms, load_views, orbit_cameras
+from pipelines.cameras import Cameras, orbit_cameras
+from pipelines.cameras.dataparsers import load_transforms
+from pipelines.cameras.images import load_views
 from pipelines.errors import InputError
 from pipelines.optimize import (
     TrainConfig,

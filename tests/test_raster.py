@@ -448,29 +448,20 @@ def test_single_camera_unbatched_and_non_square_non_tile_multiple():
     assert max(max_abs(out, ref).values()) <= 1e-4
 
 
-def test_numba_cache_fallback(monkeypatch):
+def test_numba_cache_fallback(numba_without_cache):
     """No writable cache dir: the kernels (raster, TSDF, texture) compile per process."""
-    import numba
-
     from pipelines.numba_jit import cached_njit
 
-    real_njit = numba.njit
-    calls = []
-
-    def failing_njit(*args, cache=False, **kwargs):
-        calls.append(cache)
-        if cache:
-            raise RuntimeError("cannot cache function: no locator available")
-        return real_njit(*args, **kwargs)
-
-    monkeypatch.setattr(numba, "njit", failing_njit)
+    calls = numba_without_cache
 
     @cached_njit()
     def add(a, b):
         return a + b
 
-    assert add(np.int64(2), np.int64(3)) == 5
+    # the decoration's calls, before the first compile (whose own njit calls inside numba
+    # depend on what compiled earlier in the process)
     assert calls == [True, False]
+    assert add(np.int64(2), np.int64(3)) == 5
 
 
 # ----------------------------------------------------------------------------- slow

@@ -19,13 +19,8 @@ from safetensors.torch import load_file
 
 from geolrm_cli.app import app
 from geolrm_cli.console import run_cli
-from pipelines.cameras import (
-    Cameras,
-    invert_similarity,
-    load_similarity,
-    load_transforms,
-    orbit_cameras,
-)
+from pipelines.cameras import Cameras, invert_similarity, load_similarity, orbit_cameras
+from pipelines.cameras.dataparsers import load_transforms
 from pipelines.reconstruct import list_images, resolve_inputs, to_model_frame
 from pipelines.splats.ply import load_ply
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -293,3 +296,15 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     save_ply(target, random_gaussians(n=5))
     assert len(load_ply(target).gaussians) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ply"]
+
+
+def test_gaussian_files_load_no_image_reader() -> None:
+    """Reading and writing Gaussian files needs the similarity maths of ``pipelines.cameras`` but
+    not its image readers: importing the file modules loads neither PIL nor a dataparser."""
+    code = (
+        "import sys, pipelines.splats.io\n"
+        "print(','.join(m for m in ('PIL', 'pipelines.cameras.images',"
+        " 'pipelines.cameras.dataparsers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.cameras import load_transforms, load_views, project_points
+from pipelines.cameras import project_points
+from pipelines.cameras.dataparsers import load_transforms
+from pipelines.cameras.images import load_views
 from pipelines.raster import rasterize
 from pipelines.splats.gaussians import Gaussians
 from pipelines.splats.ply import save_ply

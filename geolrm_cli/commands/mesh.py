@@ -132,7 +132,7 @@ def mesh(
         cameras = model.with_name("cameras.json")
     dev = resolve_device(device)
 
-    from pipelines.cameras import load_transforms
+    from pipelines.cameras.dataparsers import load_transforms
     from pipelines.mesh import default_image_size, gaussians_to_mesh
     from pipelines.mesh.export import export_mesh
     from pipelines.splats.io import load_gaussians

@@ -96,7 +96,7 @@ def render(
     if output.resolve() == model.resolve():
         raise InputError("-o would overwrite the input model; choose another path")
 
-    from pipelines.cameras import load_transforms
+    from pipelines.cameras.dataparsers import load_transforms
     from pipelines.export.media import video_writer, write_png
     from pipelines.render import contact_sheet, render_frames, turntable_cameras
     from pipelines.splats.io import load_gaussians

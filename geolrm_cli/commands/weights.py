@@ -248,7 +248,7 @@ def convert_cmd(
     if output.resolve() == src.resolve():
         raise InputError("output would overwrite the input checkpoint")
     try:
-        from pipelines.geolrm.checkpoint import convert_checkpoint
+        from pipelines.geolrm.convert import convert_checkpoint
     except ImportError as e:
         raise InputError(f"checkpoint conversion is not available in this build ({e})") from None
     convert_checkpoint(src, output)

@@ -8,26 +8,14 @@
 * :mod:`~pipelines.cameras.dataparsers` -- camera files (``transforms.json``);
 * :mod:`~pipelines.cameras.images` -- the views' images, padded and resized with their K.
 
-Each module states its conventions at the top; this file only re-exports.
+Each module states its conventions at the top; this file only re-exports, and only the camera
+model (the first five): the readers of files (``dataparsers``, ``images``, which load PIL) are
+imported from their own modules, so that what needs a similarity or a pose (``splats``, the
+rasteriser's callers) does not load image readers.
 """
 
 from pipelines.cameras.cameras import Cameras, project_points
-from pipelines.cameras.dataparsers import (
-    IMAGE_EXTENSIONS,
-    ParsedTransforms,
-    load_transforms,
-    parse_transforms,
-)
 from pipelines.cameras.geometry import focal_to_fov, fov_to_focal, look_at
-from pipelines.cameras.images import (
-    image_has_alpha,
-    load_images,
-    load_masks,
-    load_views,
-    load_views_and_masks,
-    read_image,
-    read_view,
-)
 from pipelines.cameras.normalize import normalize_to_model_frame
 from pipelines.cameras.orbits import (
     MODEL_RADIUS,
@@ -47,32 +35,21 @@ from pipelines.cameras.similarity import (
 )
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "MODEL_RADIUS",
     "RENDER_FOV_DEG",
     "TURNTABLE_ELEVATION_DEG",
     "Cameras",
-    "ParsedTransforms",
     "apply_similarity",
     "decompose_similarity",
     "focal_to_fov",
     "fov_to_focal",
-    "image_has_alpha",
     "invert_similarity",
-    "load_images",
-    "load_masks",
     "load_similarity",
-    "load_transforms",
-    "load_views",
-    "load_views_and_masks",
     "look_at",
     "normalize_to_model_frame",
     "orbit_cameras",
     "orbit_poses",
-    "parse_transforms",
     "project_points",
-    "read_image",
-    "read_view",
     "save_similarity",
     "similarity_from_json",
     "similarity_to_json",

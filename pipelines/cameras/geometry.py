@@ -31,6 +31,7 @@ __all__ = [
     "angle_to_focal",
     "as_float64",
     "axis_point",
+    "fit_distance",
     "focal_to_angle",
     "focal_to_fov",
     "fov_to_focal",
@@ -151,6 +152,12 @@ def fov_to_focal(fov_deg: float, size_px: float) -> float:
 def focal_to_fov(focal_px: float, size_px: float) -> float:
     """Field of view in degrees for a pixel focal length (inverse of :func:`fov_to_focal`)."""
     return math.degrees(focal_to_angle(focal_px, size_px))
+
+
+def fit_distance(radius: float, fov_deg: float, margin: float = 1.05) -> float:
+    """Camera distance at which a sphere of ``radius`` fills the field of view ``fov_deg``
+    (degrees), with ``margin`` to spare."""
+    return margin * radius / math.sin(math.radians(fov_deg) / 2)
 
 
 def axis_point(c2w: torch.Tensor, parallel: str = "nan") -> torch.Tensor:

@@ -1,6 +1,6 @@
 """GeoLRM reconstruction model (posed views -> 3D Gaussians), compatible with the official weights."""
 
-from pipelines.geolrm.checkpoint import convert_checkpoint
+from pipelines.geolrm.convert import convert_checkpoint
 from pipelines.geolrm.model import (
     GeoLRM,
     GeoLRMConfig,

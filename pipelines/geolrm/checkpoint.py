@@ -1,4 +1,4 @@
-"""Load and convert GeoLRM checkpoints (official key names: ``serializer.*``, ``lrm_generator.*``).
+"""Read and check GeoLRM checkpoints (official key names: ``serializer.*``, ``lrm_generator.*``).
 
 Accepted files:
 
@@ -14,13 +14,14 @@ are accepted in both transformers naming schemes (4.x ``attention.attention.quer
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from pipelines.errors import InputError, MissingWeightsError
+from pipelines.geolrm.dinov2_keys import dinov2_key_to_official
 
 #: Top-level prefixes of training-only modules in official Lightning checkpoints; ignored.
 TRAINING_ONLY_PREFIXES = (
@@ -60,9 +61,6 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         )
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
@@ -88,8 +86,6 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
 
 def to_official_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop training-only keys; rename DINOv2 keys of transformers 5.x to the official 4.x ones."""
-    from pipelines.geolrm.model import dinov2_key_to_official
-
     out = {}
     for k, v in state.items():
         if k.startswith(TRAINING_ONLY_PREFIXES):
@@ -136,35 +132,3 @@ def load_geolrm_state_dict(path, model: torch.nn.Module) -> dict[str, torch.Tens
         want = expected[k].dtype
         out[k] = v.to(want).contiguous() if v.dtype != want else v.contiguous()
     return out
-
-
-def convert_checkpoint(src, dst, config=None) -> Path:
-    """Write ``src`` (any accepted format) as a ``.safetensors`` with official key names.
-
-    The keys are checked against the model built from ``config`` (None = the released model,
-    built on the meta device, nothing allocated). The file is written atomically (temporary
-    file in the destination folder, then ``os.replace``).
-
-    Returns:
-        The destination path.
-    """
-    from safetensors.torch import save_file
-
-    from pipelines.geolrm.model import GeoLRM
-
-    dst = Path(dst)
-    if dst.suffix.lower() != ".safetensors":
-        raise InputError(f"convert writes .safetensors; got destination {dst.name}")
-    with torch.device("meta"):
-        model = GeoLRM(config)
-    state = load_geolrm_state_dict(src, model)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt", "source": "GeoLRM official key names"})
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dst

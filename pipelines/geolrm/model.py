@@ -25,15 +25,19 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipelines.errors import InputError
+from pipelines.geolrm.checkpoint import load_geolrm_state_dict
+from pipelines.geolrm.dinov2_keys import dinov2_key_to_installed, dinov2_key_to_official
+from pipelines.numba_jit import cached_njit
+from pipelines.splats.gaussians import Gaussians
 
 # ============================================================================ configs
 
@@ -300,54 +304,6 @@ def xyz_to_index(xyz: torch.Tensor, xyz_scale: float, grid_size: int) -> torch.T
 
 
 # ============================================================================ DINOv2
-
-
-def _dinov2_uses_new_names() -> bool:
-    """True when the installed transformers names DINOv2 attention q_proj/k_proj/v_proj/o_proj."""
-    from transformers.models.dinov2 import modeling_dinov2 as m
-
-    return not hasattr(m, "Dinov2SelfAttention")
-
-
-# official (transformers 4.x) <-> transformers 5.x names, inside encoder.layer.N.attention.
-_DINO_OLD_TO_NEW = (
-    ("attention.attention.query.", "attention.q_proj."),
-    ("attention.attention.key.", "attention.k_proj."),
-    ("attention.attention.value.", "attention.v_proj."),
-    ("attention.output.dense.", "attention.o_proj."),
-)
-_DINO_LAYER = re.compile(r"(^|\.)encoder\.layer\.\d+\.")
-
-
-def dinov2_key_to_official(key: str) -> str:
-    """Map a DINOv2 state-dict key of transformers 5.x naming to the official 4.x naming."""
-    m = _DINO_LAYER.search(key)
-    if m is None:
-        return key
-    head, tail = key[: m.end()], key[m.end() :]
-    for old, new in _DINO_OLD_TO_NEW:
-        if tail.startswith(new):
-            return head + old + tail[len(new) :]
-    return key
-
-
-def dinov2_key_to_new(key: str) -> str:
-    """Map a DINOv2 state-dict key of the official 4.x naming to transformers 5.x naming."""
-    m = _DINO_LAYER.search(key)
-    if m is None:
-        return key
-    head, tail = key[: m.end()], key[m.end() :]
-    for old, new in _DINO_OLD_TO_NEW:
-        if tail.startswith(old):
-            return head + new + tail[len(old) :]
-    return key
-
-
-def dinov2_key_to_installed(key: str) -> str:
-    """Map a DINOv2 key in either naming to what the installed transformers expects."""
-    if _dinov2_uses_new_names():
-        return dinov2_key_to_new(key)
-    return dinov2_key_to_official(key)
 
 
 def interpolate_pos_embed_4341(pos_embed: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
@@ -708,10 +664,9 @@ def _numba_available() -> bool:
 def _numba_kernel(C: int):
     """Fused sampling kernel for C channels per head (a compile-time constant, so the channel
     loops become a few SIMD instructions). Cached on disk by numba after the first compile."""
-    import numpy as np
-    from numba import njit, prange
+    from numba import prange
 
-    @njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+    @cached_njit(parallel=True, error_model="numpy", boundscheck=False)
     def kernel(value, shapes, starts, ref, offsets, weights, order, out):
         # value [B, Hc, L, C] head-major; out [B, S, Hc*C]; order [B, S]: visiting order of the
         # queries (by image position, for cache locality; results do not depend on it)
@@ -773,8 +728,6 @@ def _numba_kernel(C: int):
 
 
 def _deformable_sample_numba(value, spatial_shapes, reference, offsets, weights):
-    import numpy as np
-
     B, L, Hc, C = value.shape
     S = reference.shape[1]
     table = value.permute(0, 2, 1, 3).contiguous()  # [B, Hc, L, C]
@@ -909,6 +862,19 @@ class GeoTransformer(nn.Module):
         )
         self.norm = RMSNorm(dim)
 
+    @classmethod
+    def from_config(cls, cfg: ProposalConfig | ReconstructionConfig) -> GeoTransformer:
+        """The transformer of either stage, sized by its config section."""
+        return cls(
+            cfg.transformer_dim,
+            cfg.transformer_layers,
+            cfg.transformer_heads,
+            cfg.encoder_feat_dim,
+            cfg.num_deform_points,
+            cfg.grid_size,
+            attention_mode(cfg),
+        )
+
     def set_attention_mode(self, mode: str) -> None:
         for layer in self.layers:
             layer.self_attention.mode = mode
@@ -960,15 +926,7 @@ class ProposalNetwork(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = ImageEncoder(dino, cfg.encoder_feat_dim, view_chunk)
-        self.transformer = GeoTransformer(
-            cfg.transformer_dim,
-            cfg.transformer_layers,
-            cfg.transformer_heads,
-            cfg.encoder_feat_dim,
-            cfg.num_deform_points,
-            cfg.grid_size,
-            attention_mode(cfg),
-        )
+        self.transformer = GeoTransformer.from_config(cfg)
         self.upsample = nn.Linear(cfg.transformer_dim, cfg.token_res**3)
 
     def occupancy_logits(
@@ -1079,15 +1037,7 @@ class ReconstructionModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = ImageEncoder(dino, cfg.encoder_feat_dim, view_chunk)
-        self.transformer = GeoTransformer(
-            cfg.transformer_dim,
-            cfg.transformer_layers,
-            cfg.transformer_heads,
-            cfg.encoder_feat_dim,
-            cfg.num_deform_points,
-            cfg.grid_size,
-            attention_mode(cfg),
-        )
+        self.transformer = GeoTransformer.from_config(cfg)
         self.renderer = GaussianDecoder(
             cfg.transformer_dim, cfg.gs_per_token, cfg.offset_max, cfg.scale_max
         )
@@ -1137,8 +1087,6 @@ class GeoLRMOutput:
 
 def gaussians_from_output(out: GeoLRMOutput, b: int = 0):
     """[S·K, 14] rows of item b (real anchors only) -> ``Gaussians`` (activated values)."""
-    from pipelines.splats.gaussians import Gaussians
-
     n = int(out.anchor_counts[b]) * out.gs_per_token
     g = out.gaussians[b, :n].float()
     return Gaussians(
@@ -1188,8 +1136,6 @@ class GeoLRM(nn.Module):
             MissingWeightsError: the file does not exist.
             InputError: keys or shapes do not match the config.
         """
-        from pipelines.geolrm.checkpoint import load_geolrm_state_dict
-
         with torch.device("meta"):
             model = cls(config, **options)
         state = load_geolrm_state_dict(path, model)

@@ -20,7 +20,10 @@ Every file appears whole or not at all (:func:`pipelines.io_utils.atomic_path`).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+import numpy as np
 
 from pipelines.errors import InputError
 from pipelines.io_utils import atomic_path
@@ -156,10 +159,6 @@ def _write_obj(mesh, path: Path) -> list[Path]:
 
 def _obj_rows(tag: str, values, fmt: str) -> str:
     """``tag v0 v1 ...`` lines for the rows of ``values``."""
-    import io
-
-    import numpy as np
-
     buf = io.StringIO()
     np.savetxt(buf, values, fmt=fmt, delimiter=" ")
     return "".join(f"{tag} {line}\n" for line in buf.getvalue().splitlines())
@@ -167,8 +166,6 @@ def _obj_rows(tag: str, values, fmt: str) -> str:
 
 def _write_textured_obj(mesh, path: Path, mtl_path: Path) -> list[Path]:
     """``.obj`` with ``vt`` + ``.mtl`` with ``map_Kd`` + the ``.png`` texture, all atomic."""
-    import numpy as np
-
     png_path = path.with_suffix(".png")
     faces = np.asarray(mesh.faces, np.int64) + 1  # vertex i has UV i: "f a/a b/b c/c"
     text = (

@@ -2,7 +2,7 @@
 
 :func:`texture_mesh` is the whole step, on a mesh from
 :func:`~pipelines.mesh.extract.extract_mesh` and the renders it was fused from
-(:class:`~pipelines.mesh.FusionViews`):
+(:class:`~pipelines.mesh.views.FusionViews`):
 
 1. :func:`unwrap` -- xatlas charts and packs the surface into one square atlas; vertices are
    split along chart seams;
@@ -36,9 +36,12 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 from pipelines.cameras.geometry import projection_matrices
 from pipelines.errors import InputError
+from pipelines.mesh.extract import sample_colors
+from pipelines.numba_jit import cached_njit
 
 __all__ = [
     "BakedTexture",
@@ -363,7 +366,7 @@ def view_colors(
     Args:
         points: ``[M, 3]`` world positions (the frame of ``fv``'s cameras).
         normals: ``[M, 3]`` unit normals (pointing out of the object).
-        fv: :class:`~pipelines.mesh.FusionViews` (depth 0 = background, straight RGB).
+        fv: :class:`~pipelines.mesh.views.FusionViews` (depth 0 = background, straight RGB).
         depth_tol: largest ``|rendered depth - point depth|`` (world units) that counts as
             visible.
         power: sharpening exponent of the cosine weight.
@@ -389,8 +392,6 @@ def view_colors(
 def _kernels() -> dict:
     """Compile (or load from numba's on-disk cache) the kernels on first use."""
     from numba import prange
-
-    from pipelines.numba_jit import cached_njit
 
     jit = functools.partial(cached_njit, error_model="numpy")
 
@@ -550,7 +551,7 @@ def bake_texture(
     Args:
         verts, normals, faces, uv: the unwrapped mesh (``[N, 3]``, ``[N, 3]`` unit vertex
             normals, ``[F, 3]``, ``[N, 2]``), in the world frame of ``fv``.
-        fv: :class:`~pipelines.mesh.FusionViews`.
+        fv: :class:`~pipelines.mesh.views.FusionViews`.
         vol: the fused :class:`~pipelines.mesh.tsdf.TSDFVolume`: colour of texels no view sees
             (None: mid grey).
         size: texture side ``T`` in texels.
@@ -558,8 +559,6 @@ def bake_texture(
         power: sharpening exponent of the ``cos`` view weight.
         pad: see :func:`dilate` (None fills every empty texel).
     """
-    from pipelines.mesh.extract import sample_colors
-
     check_texture_size(size)
     tol = default_depth_tol(fv, vol) if depth_tol is None else float(depth_tol)
     face_id, bary = rasterize_uv(uv, faces, size)
@@ -587,7 +586,6 @@ def check_texture_size(size: int) -> None:
 def textured_mesh(unwrapped: Unwrapped, image: np.ndarray):
     """A ``trimesh.Trimesh`` with UVs and a matte PBR material whose base colour is ``image``."""
     import trimesh
-    from PIL import Image
 
     material = trimesh.visual.material.PBRMaterial(
         name="geolrm",
@@ -607,7 +605,7 @@ def texture_mesh(mesh, fv, vol=None, size: int = 1024, **bake_options):
     Args:
         mesh: a ``trimesh.Trimesh`` in the world frame of ``fv`` (vertex colours are dropped:
             glTF would multiply them into the texture).
-        fv: the :class:`~pipelines.mesh.FusionViews` the mesh was fused from.
+        fv: the :class:`~pipelines.mesh.views.FusionViews` the mesh was fused from.
         vol: the fused volume (colour of texels no view sees), or None.
         size: texture side in texels (16-8192).
         bake_options: passed to :func:`bake_texture` (``depth_tol``, ``power``, ``pad``).

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from pipelines.cameras.geometry import projection_matrices
 from pipelines.errors import InputError
+from pipelines.numba_jit import cached_njit
 
 __all__ = [
     "METHODS",
@@ -305,8 +306,6 @@ def integrate_torch(
 def _numba_kernels() -> dict:
     """Compile (or load from numba's on-disk cache) the fusion kernels on first use."""
     from numba import prange
-
-    from pipelines.numba_jit import cached_njit
 
     jit = functools.partial(cached_njit, error_model="numpy")
 

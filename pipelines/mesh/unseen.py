@@ -26,6 +26,9 @@ import torch
 
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.geometry import project
+from pipelines.device import stage_device
+from pipelines.mesh.views import object_box
+from pipelines.raster.visibility import view_visibility
 from pipelines.splats.gaussians import Gaussians
 
 __all__ = [
@@ -229,10 +232,6 @@ def fill_unseen(
     """
     import trimesh
     from scipy.spatial import cKDTree
-
-    from pipelines.device import stage_device
-    from pipelines.mesh import object_box
-    from pipelines.raster.visibility import view_visibility
 
     device = stage_device(device, "raster")
     _, _, _, radius = object_box(g)

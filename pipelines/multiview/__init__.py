@@ -6,12 +6,6 @@
 * :mod:`pipelines.multiview.rigs` -- both models' camera rigs (imports torch only).
 
 Both are written from diffusers / transformers building blocks (no remote code, no ``sgm``).
-Heavy imports (diffusers, transformers) happen inside these submodules only.
+Heavy imports (diffusers, transformers) happen inside these submodules only; this file
+re-exports nothing, so that importing the rigs loads neither.
 """
-
-from __future__ import annotations
-
-__all__ = ["MODELS"]
-
-#: ``--mv`` choices.
-MODELS = ("zero123pp", "sv3d")

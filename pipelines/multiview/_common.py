@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from pipelines.errors import InputError
 
@@ -132,8 +133,6 @@ def load_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         raise InputError(f"weights file {path} not found")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         try:
             sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -253,3 +252,18 @@ def make_generator(seed: int | None) -> torch.Generator:
 def randn(shape, generator: torch.Generator, device, dtype) -> torch.Tensor:
     """Normal noise drawn on the CPU from ``generator``, then moved."""
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
+
+
+def latent_multiple(pipe) -> int:
+    """Image sides a diffusion pipeline accepts are multiples of this: the VAE's downsampling
+    times the UNet's (``vae_scale_factor * 2 ** (len(block_out_channels) - 1)``)."""
+    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+
+def check_sampling(steps: int, size: int, multiple: int, what: str) -> None:
+    """One-line :class:`InputError` for fewer than one denoising step, or a ``what`` of ``size``
+    pixels that is not a positive multiple of ``multiple`` (:func:`latent_multiple`)."""
+    if steps < 1:
+        raise InputError(f"--steps must be at least 1, got {steps}")
+    if size < multiple or size % multiple:
+        raise InputError(f"{what} {size} must be a positive multiple of {multiple}")

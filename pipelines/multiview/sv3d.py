@@ -38,13 +38,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNetSpatioTemporalConditionModel
+from PIL import Image
+from safetensors import safe_open
 
 from pipelines.errors import InputError
 from pipelines.multiview._common import (
     Placement,
     assign_weights,
     build_on_meta,
+    check_sampling,
+    latent_multiple,
     make_generator,
     randn,
     to_pil,
@@ -221,8 +228,6 @@ def resize_antialiased(x: torch.Tensor, size: int) -> torch.Tensor:
     Gaussian blur with ``sigma = max((factor - 1) / 2, 0.001)`` over an odd kernel of
     ``max(4 sigma, 3)`` taps (reflect padding), then bicubic interpolation with
     ``align_corners=True``."""
-    import torch.nn.functional as F
-
     h, w = x.shape[-2:]
     out = x
     for axis, factor in ((-2, h / size), (-1, w / size)):
@@ -247,13 +252,7 @@ def resize_antialiased(x: torch.Tensor, size: int) -> torch.Tensor:
 # UNet with per-frame camera conditioning
 
 
-def _svd_unet_class():
-    from diffusers import UNetSpatioTemporalConditionModel
-
-    return UNetSpatioTemporalConditionModel
-
-
-class SV3DUNet(_svd_unet_class()):
+class SV3DUNet(UNetSpatioTemporalConditionModel):
     """``UNetSpatioTemporalConditionModel`` whose added embedding is per frame: the camera
     vectors (:func:`camera_vectors`, ``[B, F, 1280]``) go through ``add_embedding`` and are added
     to the timestep embedding of each frame (the stock model embeds one vector per video)."""
@@ -599,8 +598,6 @@ class SV3DPipeline:
         """Load the single-file ``sv3d_p.safetensors`` (or a folder holding it, optionally with
         an ``sv3d_config.json`` of ``unet`` / ``vae`` / ``image_encoder`` config overrides for
         small test models). The UNet and the CLIP encoder take ``dtype``; the VAE stays fp32."""
-        from diffusers import AutoencoderKL
-        from safetensors import safe_open
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         ckpt, overrides = _resolve_checkpoint(Path(path))
@@ -724,14 +721,7 @@ class SV3DPipeline:
             replace_last: put the input photo in as the last frame (its own view), as the
                 official script does.
         """
-        import numpy as np
-        from PIL import Image
-
-        if num_inference_steps < 1:
-            raise InputError(f"--steps must be at least 1, got {num_inference_steps}")
-        f = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if size < f or size % f:
-            raise InputError(f"SV3D input size {size} must be a positive multiple of {f}")
+        check_sampling(num_inference_steps, size, latent_multiple(self), "SV3D input size")
         gen = generator if generator is not None else make_generator(seed)
         im = image.convert("RGB")
         if im.size != (size, size):

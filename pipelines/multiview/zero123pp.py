@@ -40,6 +40,8 @@ from pipelines.errors import InputError
 from pipelines.multiview._common import (
     ImageProcessor,
     Placement,
+    check_sampling,
+    latent_multiple,
     load_diffusers_model,
     load_transformers_model,
     make_generator,
@@ -426,11 +428,7 @@ class Zero123PlusPipeline:
                 tests and ablations: the model needs them).
             on_step: ``on_step(i, total)`` after each denoising step.
         """
-        if num_inference_steps < 1:
-            raise InputError(f"--steps must be at least 1, got {num_inference_steps}")
-        f = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if tile_size < f or tile_size % f:
-            raise InputError(f"tile size {tile_size} must be a positive multiple of {f}")
+        check_sampling(num_inference_steps, tile_size, latent_multiple(self), "tile size")
         gen = generator if generator is not None else make_generator(seed)
         guidance = guidance_scale > 1.0
         image = image.convert("RGB")

@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from pipelines.splats.sh import eval_sh_basis
+
 SH_C0 = 0.28209479177387814
 """Zeroth real spherical-harmonic basis constant, Y_0^0 = 1 / (2 sqrt(pi))."""
 
@@ -233,8 +235,6 @@ def rotate_sh(sh_rest: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     it is found by least squares on the basis evaluated at random directions (exact up to
     float rounding, no Wigner-D bookkeeping).
     """
-    from pipelines.splats.sh import eval_sh_basis
-
     deg = int(round((sh_rest.shape[1] + 1) ** 0.5)) - 1
     gen = torch.Generator().manual_seed(0)
     dirs = torch.nn.functional.normalize(
