@@ -23,6 +23,7 @@ __all__ = [
     "RIG_INPUT_SIZE",
     "SEED",
     "TURNTABLE_ELEVATION_DEG",
+    "EvalConfig",
     "MeshConfig",
     "MultiViewDefaults",
     "TurntableConfig",
@@ -122,3 +123,18 @@ MV_DEFAULTS: dict[str, MultiViewDefaults] = {
     "zero123pp": MultiViewDefaults(6, 75, 4.0, 320, RIG_INPUT_SIZE["zero123pp"]),
     "sv3d": MultiViewDefaults(21, 50, 2.5, 576, RIG_INPUT_SIZE["sv3d"]),
 }
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The geometry protocol of ``geolrm eval`` (:mod:`pipelines.evaluate`).
+
+    Attributes:
+        points: surface points sampled on the mesh and the ground truth (Chamfer, F-score).
+        tau: F-score distance threshold (world units).
+        seed: seed of the surface sampling.
+    """
+
+    points: int = 100_000
+    tau: float = 0.01
+    seed: int = 0
