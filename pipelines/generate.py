@@ -589,7 +589,7 @@ class Generator:
                     scene,
                     stage,
                     base_dir=stage.path,
-                    video=turntable if opts.video else None,
+                    video=turntable,
                     device=dev,
                     on_video_frame=on_frame if opts.video else None,
                     up=opts.up,

@@ -27,7 +27,29 @@ _MESH = MeshConfig()
 
 
 @dataclass
-class ReconOptions:
+class _Turntable:
+    """The turntable options of ``recon`` and ``gen``.
+
+    Attributes:
+        video / video_frames / video_resolution / fps: ``turntable.mp4``.
+    """
+
+    video: bool = True
+    video_frames: int = _TURNTABLE.frames
+    video_resolution: int = _TURNTABLE.resolution
+    fps: int = _TURNTABLE.fps
+
+    def turntable(self) -> TurntableConfig | None:
+        """The turntable these options ask for (None with ``video=False``)."""
+        if not self.video:
+            return None
+        return replace(
+            _TURNTABLE, frames=self.video_frames, resolution=self.video_resolution, fps=self.fps
+        )
+
+
+@dataclass
+class ReconOptions(_Turntable):
     """Everything ``geolrm recon`` can set (:func:`pipelines.recon.recon`).
 
     Attributes:
@@ -41,7 +63,7 @@ class ReconOptions:
         refine: with ``geolrm``, then optimise its Gaussians for this many steps.
         iterations: with ``optimize``, the steps (None: the optimiser's default).
         resolution: size in pixels the views are fitted at (``optimize``, ``refine``).
-        save_raw / video / video_frames / video_resolution / fps: the outputs.
+        save_raw: also write ``raw.safetensors``; the turntable options come from the base.
         mesh / mesh_resolution / texture / texture_size: ``mesh.glb`` (``texture`` implies
             ``mesh``).
         rig_elevation / official_cameras: the SV3D rig (as ``resolve_inputs``).
@@ -57,10 +79,6 @@ class ReconOptions:
     min_opacity: float = MIN_OPACITY
     max_seq_len: int | None = None
     save_raw: bool = False
-    video: bool = True
-    video_frames: int = _TURNTABLE.frames
-    video_resolution: int = _TURNTABLE.resolution
-    fps: int = _TURNTABLE.fps
     mesh: bool = False
     mesh_resolution: int = _MESH.resolution
     texture: bool = False
@@ -74,14 +92,6 @@ class ReconOptions:
     iterations: int | None = None
     resolution: int = OPTIMIZE_RESOLUTION
 
-    def turntable(self) -> TurntableConfig | None:
-        """The turntable these options ask for (None with ``video=False``)."""
-        if not self.video:
-            return None
-        return replace(
-            _TURNTABLE, frames=self.video_frames, resolution=self.video_resolution, fps=self.fps
-        )
-
     def mesh_config(self) -> MeshConfig | None:
         """The mesh these options ask for (None without ``mesh`` or ``texture``)."""
         if not (self.mesh or self.texture):
@@ -94,7 +104,7 @@ class ReconOptions:
 
 
 @dataclass
-class GenOptions:
+class GenOptions(_Turntable):
     """Everything ``geolrm gen`` can set (None = the model's default, see
     :data:`~pipelines.defaults.MV_DEFAULTS`).
 
@@ -121,7 +131,6 @@ class GenOptions:
         checkpoint / config / size / max_seq_len: GeoLRM (as ``geolrm recon``).
         min_opacity: GeoLRM's Gaussians below this opacity are dropped (0 keeps all).
         refine: refinement steps after GeoLRM (0 = none).
-        video / video_frames / video_resolution / fps: the turntable.
         mesh / mesh_resolution / mesh_faces: ``mesh.glb``.
         texture_size: with ``mesh``, UV-unwrap it and bake a square texture of this many
             texels a side (None: vertex colours).
@@ -150,10 +159,6 @@ class GenOptions:
     max_seq_len: int | None = None
     min_opacity: float = MIN_OPACITY
     refine: int = 0
-    video: bool = True
-    video_frames: int = _TURNTABLE.frames
-    video_resolution: int = _TURNTABLE.resolution
-    fps: int = _TURNTABLE.fps
     mesh: bool = False
     mesh_resolution: int = _MESH.resolution
     mesh_faces: int = _MESH.faces
@@ -164,15 +169,6 @@ class GenOptions:
         """The option ``key``, or the multi-view model's default when it is None."""
         value = getattr(self, key)
         return getattr(MV_DEFAULTS[self.mv], key) if value is None else value
-
-    def turntable(self) -> TurntableConfig:
-        """The turntable these options ask for."""
-        return replace(
-            _TURNTABLE,
-            frames=self.video_frames,
-            resolution=self.video_resolution,
-            fps=self.fps,
-        )
 
     def mesh_config(self) -> MeshConfig:
         """The mesh these options ask for."""

@@ -24,15 +24,9 @@ from pipelines.splats.ply import load_ply
 
 ROOT = Path(__file__).resolve().parents[1]
 SPOT = ROOT / "examples" / "spot"
-FIXTURE = ROOT / "tests" / "fixtures" / "geolrm_tiny"
-TINY = [
-    "--checkpoint",
-    str(FIXTURE / "geolrm_tiny_weights.safetensors"),
-    "--config",
-    str(ROOT / "examples" / "tiny" / "geolrm_tiny_config.json"),
-    "--size",
-    "112",
-]
+WEIGHTS = ROOT / "tests" / "fixtures" / "geolrm_tiny" / "geolrm_tiny_weights.safetensors"
+CONFIG = ROOT / "examples" / "tiny" / "geolrm_tiny_config.json"
+TINY = ["--checkpoint", str(WEIGHTS), "--config", str(CONFIG), "--size", "112"]
 SIZE = 32
 
 

@@ -18,22 +18,9 @@ from pathlib import Path
 
 import typer
 
+from geolrm_cli import options as opt
 from geolrm_cli.console import stages
-from geolrm_cli.options import (
-    DEVICE,
-    FPS,
-    MESH,
-    MESH_RESOLUTION,
-    MIN_OPACITY_OPTION,
-    OFFICIAL_CAMERAS,
-    TEXTURE,
-    TEXTURE_SIZE,
-    VIDEO,
-    VIDEO_FRAMES,
-    VIDEO_RESOLUTION,
-    Up,
-    seed_option,
-)
+from geolrm_cli.options import Up
 from pipelines.defaults import MV_DEFAULTS, RIG_INPUT_SIZE
 from pipelines.options import GenOptions
 
@@ -108,8 +95,8 @@ def gen(
         help=f"Classifier-free guidance (zero123pp {_ZERO123PP.guidance}; sv3d: the peak of its "
         f"per-frame triangle schedule, {_SV3D.guidance}).",
     ),
-    seed: int = seed_option("One seed for every stage."),
-    device: str = DEVICE,
+    seed: int = opt.seed_option("One seed for every stage."),
+    device: str = opt.DEVICE,
     precision: GenPrecision = typer.Option(
         GenPrecision(_DEFAULTS.precision),
         "--precision",
@@ -157,7 +144,7 @@ def gen(
     elevation: float = typer.Option(
         _DEFAULTS.elevation, "--elevation", help="sv3d: camera elevation of the orbit in degrees."
     ),
-    official_cameras: bool = OFFICIAL_CAMERAS,
+    official_cameras: bool = opt.OFFICIAL_CAMERAS,
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="GeoLRM weights. Default: the registry's 'geolrm' artifact."
     ),
@@ -171,7 +158,7 @@ def gen(
         + ", ".join(f"{k} {v}" for k, v in RIG_INPUT_SIZE.items())
         + ").",
     ),
-    min_opacity: float = MIN_OPACITY_OPTION,
+    min_opacity: float = opt.MIN_OPACITY_OPTION,
     max_seq_len: int | None = typer.Option(
         None, "--max-seq-len", min=1, help="GeoLRM anchors kept (default: the config's)."
     ),
@@ -181,14 +168,14 @@ def gen(
         min=0,
         help="Refine the Gaussians against the views for N steps.",
     ),
-    video: bool = VIDEO,
-    video_frames: int = VIDEO_FRAMES,
-    video_resolution: int = VIDEO_RESOLUTION,
-    fps: int = FPS,
-    mesh: bool = MESH,
-    mesh_resolution: int = MESH_RESOLUTION,
-    texture: bool = TEXTURE,
-    texture_size: int = TEXTURE_SIZE,
+    video: bool = opt.VIDEO,
+    video_frames: int = opt.VIDEO_FRAMES,
+    video_resolution: int = opt.VIDEO_RESOLUTION,
+    fps: int = opt.FPS,
+    mesh: bool = opt.MESH,
+    mesh_resolution: int = opt.MESH_RESOLUTION,
+    texture: bool = opt.TEXTURE,
+    texture_size: int = opt.TEXTURE_SIZE,
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Folder input: redo photos whose outputs already exist."
     ),

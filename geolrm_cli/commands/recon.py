@@ -22,21 +22,8 @@ from pathlib import Path
 
 import typer
 
+from geolrm_cli import options as opt
 from geolrm_cli.console import stages
-from geolrm_cli.options import (
-    DEVICE,
-    FPS,
-    MESH,
-    MESH_RESOLUTION,
-    MIN_OPACITY_OPTION,
-    OFFICIAL_CAMERAS,
-    TEXTURE,
-    TEXTURE_SIZE,
-    VIDEO,
-    VIDEO_FRAMES,
-    VIDEO_RESOLUTION,
-    seed_option,
-)
 from pipelines.defaults import DEFAULT_SIZE, OPTIMIZE_ITERATIONS, RIG_INPUT_SIZE
 from pipelines.options import ReconOptions
 
@@ -104,7 +91,7 @@ def recon(
         + ", ".join(f"{k} {v}" for k, v in RIG_INPUT_SIZE.items())
         + f", as the official scripts), {DEFAULT_SIZE} for your own cameras.",
     ),
-    min_opacity: float = MIN_OPACITY_OPTION,
+    min_opacity: float = opt.MIN_OPACITY_OPTION,
     max_seq_len: int | None = typer.Option(
         None, "--max-seq-len", min=1, help="Anchors kept (default: the config's, 8192 released)."
     ),
@@ -113,25 +100,27 @@ def recon(
         "--save-raw",
         help="Also write raw.safetensors: anchors, occupancy logits, raw Gaussians (model frame).",
     ),
-    video: bool = VIDEO,
-    video_frames: int = VIDEO_FRAMES,
-    video_resolution: int = VIDEO_RESOLUTION,
-    fps: int = FPS,
-    mesh: bool = MESH,
-    mesh_resolution: int = MESH_RESOLUTION,
-    texture: bool = TEXTURE,
-    texture_size: int = TEXTURE_SIZE,
+    video: bool = opt.VIDEO,
+    video_frames: int = opt.VIDEO_FRAMES,
+    video_resolution: int = opt.VIDEO_RESOLUTION,
+    fps: int = opt.FPS,
+    mesh: bool = opt.MESH,
+    mesh_resolution: int = opt.MESH_RESOLUTION,
+    texture: bool = opt.TEXTURE,
+    texture_size: int = opt.TEXTURE_SIZE,
     rig_elevation: float = typer.Option(
         _DEFAULTS.rig_elevation,
         "--rig-elevation",
         help="Elevation in degrees of the sv3d rig's views.",
     ),
-    official_cameras: bool = OFFICIAL_CAMERAS,
-    device: str = DEVICE,
+    official_cameras: bool = opt.OFFICIAL_CAMERAS,
+    device: str = opt.DEVICE,
     precision: Precision = typer.Option(
         Precision.fp32, "--precision", help="fp32, or bf16/fp16 autocast (CUDA only)."
     ),
-    seed: int = seed_option("Seed (anchor subset when above max_seq_len; optimisation samples)."),
+    seed: int = opt.seed_option(
+        "Seed (anchor subset when above max_seq_len; optimisation samples)."
+    ),
     method: Method = typer.Option(
         Method(_DEFAULTS.method),
         "--method",
