@@ -116,7 +116,9 @@ def recon(
     official_cameras: bool = opt.OFFICIAL_CAMERAS,
     device: str = opt.DEVICE,
     precision: Precision = typer.Option(
-        Precision.fp32, "--precision", help="fp32, or bf16/fp16 autocast (CUDA only)."
+        Precision(_DEFAULTS.precision),
+        "--precision",
+        help="fp32, or bf16/fp16 autocast (CUDA only).",
     ),
     seed: int = opt.seed_option(
         "Seed (anchor subset when above max_seq_len; optimisation samples)."
