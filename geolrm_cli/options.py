@@ -1,10 +1,26 @@
-"""Options shared by several commands (one definition, the same help everywhere)."""
+"""Options shared by several commands (one definition, the same help everywhere).
+
+Defaults come from the library's config dataclasses (:mod:`pipelines.defaults`,
+:mod:`pipelines.options`); ``tests/test_cli_defaults.py`` checks that every command's default
+equals its dataclass field.
+"""
 
 from __future__ import annotations
 
 from enum import Enum
 
 import typer
+
+from pipelines.defaults import (
+    DEFAULT_TEXTURE_SIZE,
+    MIN_OPACITY,
+    SEED,
+    MeshConfig,
+    TurntableConfig,
+)
+
+_TURNTABLE = TurntableConfig()
+_MESH = MeshConfig()
 
 
 class Up(str, Enum):
@@ -25,6 +41,39 @@ DEVICE = typer.Option(
     "auto", "--device", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda[:N] or mps."
 )
 
+# -- GeoLRM (recon, gen) -------------------------------------------------------------------
+
+MIN_OPACITY_OPTION = typer.Option(
+    MIN_OPACITY,
+    "--min-opacity",
+    help="Drop GeoLRM's Gaussians below this opacity before saving and rendering, as the "
+    "official scripts do; 0 keeps all.",
+)
+OFFICIAL_CAMERAS = typer.Option(
+    False,
+    "--official-cameras",
+    help="sv3d views: frame i at azimuth i*360/21 as GeoLRM's official script assigns "
+    "(reproduces its output, rotated 17.14 deg about z), instead of (i+1)*360/21, the "
+    "azimuths SV3D generated the frames at.",
+)
+
+
+def seed_option(help: str) -> typer.models.OptionInfo:
+    """``--seed`` (default :data:`pipelines.defaults.SEED`) with a command's own help."""
+    return typer.Option(SEED, "--seed", help=help)
+
+
+# -- the turntable (recon, gen) ------------------------------------------------------------
+
+VIDEO = typer.Option(True, "--video/--no-video", help="Write turntable.mp4.")
+VIDEO_FRAMES = typer.Option(_TURNTABLE.frames, "--video-frames", min=1, help="Turntable frames.")
+VIDEO_RESOLUTION = typer.Option(
+    _TURNTABLE.resolution, "--video-resolution", min=16, max=4096, help="Turntable size in pixels."
+)
+FPS = typer.Option(_TURNTABLE.fps, "--fps", min=1, help="Turntable frame rate.")
+
+# -- the mesh (recon, gen, mesh) -----------------------------------------------------------
+
 MESH = typer.Option(
     False,
     "--mesh",
@@ -32,7 +81,11 @@ MESH = typer.Option(
     "membrane-filled). Same as `geolrm mesh OUT/model.ply` afterwards.",
 )
 MESH_RESOLUTION = typer.Option(
-    256, "--mesh-resolution", min=16, max=1024, help="Mesh TSDF voxels along the object's box."
+    _MESH.resolution,
+    "--mesh-resolution",
+    min=16,
+    max=1024,
+    help="Mesh TSDF voxels along the object's box.",
 )
 TEXTURE = typer.Option(
     False,
@@ -40,5 +93,9 @@ TEXTURE = typer.Option(
     help="UV-unwrap mesh.glb and bake a texture map from the renders (implies --mesh).",
 )
 TEXTURE_SIZE = typer.Option(
-    1024, "--texture-size", min=16, max=8192, help="Texture side in pixels (--texture)."
+    DEFAULT_TEXTURE_SIZE,
+    "--texture-size",
+    min=16,
+    max=8192,
+    help="Texture side in pixels (--texture).",
 )

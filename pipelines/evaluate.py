@@ -53,9 +53,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipelines import layout
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.dataparsers import load_transforms
-from pipelines.cameras.images import read_image
+from pipelines.cameras.images import read_view
+from pipelines.defaults import EvalConfig
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
 
@@ -85,10 +87,13 @@ GT_POINTS = "points.npy"
 #: Mesh names looked for in an output folder, in order (``geolrm mesh``'s default output for
 #: ``model.ply`` is ``model_mesh.glb``).
 MESH_NAMES = tuple(
-    f"{stem}{ext}" for stem in ("mesh", "model_mesh") for ext in (".glb", ".obj", ".ply")
+    f"{stem}{ext}"
+    for stem in (Path(layout.MESH).stem, f"{Path(layout.MODEL).stem}_mesh")
+    for ext in (".glb", ".obj", ".ply")
 )
 _GT_MESH_EXTS = (".ply", ".obj", ".glb", ".gltf", ".off", ".stl")
 _SSIM_WIN, _SSIM_SIGMA, _SSIM_K1, _SSIM_K2 = 11, 1.5, 0.01, 0.03
+_EVAL = EvalConfig()
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +209,7 @@ def lpips_metric(
 # geometry metrics
 
 
-def chamfer_fscore(pred_pts: Any, gt_pts: Any, tau: float = 0.01) -> dict[str, float]:
+def chamfer_fscore(pred_pts: Any, gt_pts: Any, tau: float = _EVAL.tau) -> dict[str, float]:
     """Chamfer distance and F-score between two point sets (nearest neighbours by cKDTree).
 
     Args:
@@ -246,7 +251,7 @@ def chamfer_fscore(pred_pts: Any, gt_pts: Any, tau: float = 0.01) -> dict[str, f
     }
 
 
-def sample_mesh_points(mesh, n: int, seed: int = 0) -> np.ndarray:
+def sample_mesh_points(mesh, n: int, seed: int = _EVAL.seed) -> np.ndarray:
     """``[n, 3]`` float64 points uniformly distributed on a triangle mesh's surface.
 
     Faces are drawn with probability proportional to their area, then a point uniformly inside
@@ -312,7 +317,9 @@ def _read_mesh(path: Path):
     return loaded
 
 
-def load_gt_geometry(gt_dir: str | Path, n: int = 100_000, seed: int = 0) -> tuple[np.ndarray, str]:
+def load_gt_geometry(
+    gt_dir: str | Path, n: int = _EVAL.points, seed: int = _EVAL.seed
+) -> tuple[np.ndarray, str]:
     """Ground-truth surface points of a dataset, in its world frame: ``(points [M, 3], source)``.
 
     ``points.npy`` (``[M, 3]``) is preferred (a seeded random subset of ``n`` when it holds more);
@@ -351,9 +358,9 @@ def _gt_mesh_path(gt_dir: Path) -> Path | None:
 def evaluate_mesh(
     mesh_path: str | Path,
     gt_dir: str | Path,
-    n_points: int = 100_000,
-    tau: float = 0.01,
-    seed: int = 0,
+    n_points: int = _EVAL.points,
+    tau: float = _EVAL.tau,
+    seed: int = _EVAL.seed,
     up: str | None = None,
 ) -> dict[str, Any]:
     """Chamfer distance and F-score of a mesh file against a dataset's ground-truth geometry.
@@ -416,10 +423,9 @@ def load_gt_images(
         raise InputError("the test cameras name no images; the ground truth needs its images")
     rgbs, alphas, any_alpha, size = [], [], False, None
     for p in cams.image_paths:
-        rgba, has_alpha = read_image(p)
-        arr = rgba.astype(np.float32) / 255.0
-        any_alpha |= has_alpha
-        h, w = arr.shape[:2]
+        rgb, a = read_view(p)  # composited on white
+        any_alpha |= a is not None
+        h, w = rgb.shape[-2:]
         if size is None:
             size = (w, h)
             if abs(w / h - cams.width / cams.height) * max(w, h) > 1.0:
@@ -431,10 +437,8 @@ def load_gt_images(
             raise InputError(
                 f"{p}: image is {w}x{h} but the first test image is {size[0]}x{size[1]}"
             )
-        x = torch.from_numpy(arr)
-        a = x[..., 3:4]
-        rgbs.append(x[..., :3] * a + (1.0 - a))
-        alphas.append(a[..., 0])
+        rgbs.append(rgb.permute(1, 2, 0))
+        alphas.append(torch.ones(h, w) if a is None else a[0])
     assert size is not None
     tw, th = _target_size(*size, resolution)
     images, alpha = torch.stack(rgbs), torch.stack(alphas)
@@ -578,10 +582,11 @@ def find_inputs(out: str | Path, gt_dir: str | Path, mesh: str | Path | None = N
     if not out.exists():
         raise InputError(f"{out} does not exist; pass the folder `geolrm recon` wrote or a .ply")
     if out.is_dir():
-        model = out / "model.ply"
+        model = out / layout.MODEL
         if not model.is_file():
             raise InputError(
-                f"{out} has no model.ply; pass the folder `geolrm recon` wrote or a Gaussian .ply"
+                f"{out} has no {layout.MODEL}; pass the folder `geolrm recon` wrote or a "
+                "Gaussian .ply"
             )
     else:
         model = out
@@ -619,9 +624,9 @@ def evaluate_inputs(
     inputs: EvalInputs,
     resolution: int | None = None,
     device: str = "cpu",
-    n_points: int = 100_000,
-    tau: float = 0.01,
-    seed: int = 0,
+    n_points: int = _EVAL.points,
+    tau: float = _EVAL.tau,
+    seed: int = _EVAL.seed,
     assume_up: str = "-y",
     mesh_up: str | None = None,
     backend: str = "auto",
@@ -679,9 +684,9 @@ def evaluate(
     mesh: str | Path | None = None,
     resolution: int | None = None,
     device: str = "cpu",
-    n_points: int = 100_000,
-    tau: float = 0.01,
-    seed: int = 0,
+    n_points: int = _EVAL.points,
+    tau: float = _EVAL.tau,
+    seed: int = _EVAL.seed,
     assume_up: str = "-y",
     mesh_up: str | None = None,
     backend: str = "auto",

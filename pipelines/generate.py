@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,7 +48,8 @@ from typing import Any
 
 import torch
 
-from pipelines.defaults import MIN_OPACITY, RIG_INPUT_SIZE
+from pipelines import layout
+from pipelines.defaults import MV_DEFAULTS
 from pipelines.device import device_type, diffusion_dtype, run_stage
 from pipelines.errors import InputError
 from pipelines.multiview.rigs import (
@@ -59,37 +58,20 @@ from pipelines.multiview.rigs import (
     zero123pp_cameras,
     zero123pp_view_indices,
 )
+from pipelines.options import GenOptions
+from pipelines.outputs import Staging, write_mesh, write_scene
 
 __all__ = [
-    "DEFAULTS",
     "GenOptions",
     "GenResult",
     "Generator",
     "StageStat",
-    "finished",
     "list_photos",
     "output_folders",
 ]
 
 PathLike = str | os.PathLike
 
-#: Per-model defaults: views, steps, guidance, view tile size, GeoLRM input size.
-DEFAULTS = {
-    "zero123pp": {
-        "views": 6,
-        "steps": 75,
-        "guidance": 4.0,
-        "tile": 320,
-        "size": RIG_INPUT_SIZE["zero123pp"],
-    },
-    "sv3d": {
-        "views": 21,
-        "steps": 50,
-        "guidance": 2.5,
-        "tile": 576,
-        "size": RIG_INPUT_SIZE["sv3d"],
-    },
-}
 UNET_CHOICES = ("instantmesh", "original")
 
 OnStage = Callable[[str, int | None], None]
@@ -98,77 +80,6 @@ OnStage = Callable[[str, int | None], None]
 
 # --------------------------------------------------------------------------------------------
 # options and results
-
-
-@dataclass
-class GenOptions:
-    """Everything ``geolrm gen`` can set (None = the model's default, see :data:`DEFAULTS`).
-
-    Attributes:
-        mv: ``zero123pp`` or ``sv3d``.
-        views: views fed to GeoLRM (Zero123++: 6 or 4; SV3D: 1-21, official subsets).
-        steps: denoising steps.
-        guidance: classifier-free guidance (SV3D: the peak of the triangle schedule).
-        seed: one seed for every stage.
-        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (already resolved; on MPS the renders,
-            mesh and refinement run on the CPU, see :func:`pipelines.device.stage_device`).
-        precision: ``auto`` (fp16 diffusion on CUDA and MPS, fp32 on the CPU; GeoLRM fp32),
-            ``fp32``, ``fp16``, ``bf16`` (CUDA only; the diffusion weights and GeoLRM's autocast).
-        low_vram: fp16 weights and model CPU offload (CUDA).
-        remove_bg / rembg_model / foreground_ratio: background removal and framing.
-        unet: Zero123++ UNet: ``instantmesh`` (white background, default), ``original``
-            (grey background) or a path to a UNet state dict (white background).
-        mv_weights: a local multi-view model (Zero123++: diffusers folder; SV3D: the
-            ``sv3d_p.safetensors`` file or a folder holding it) instead of the registry's.
-        tile: view size of the multi-view model (320 / 576; smaller only for tiny test models).
-        elevation: SV3D camera elevation in degrees.
-        official_cameras: SV3D frame i at azimuth ``i * 360 / 21`` as GeoLRM's official script
-            assigns (its output, rotated -17.14 deg about z), not ``(i + 1) * 360 / 21``.
-        checkpoint / config / size / max_seq_len: GeoLRM (as ``geolrm recon``).
-        min_opacity: GeoLRM's Gaussians below this opacity are dropped (0 keeps all).
-        refine: refinement steps after GeoLRM (0 = none).
-        video / video_frames / video_resolution / fps: the turntable.
-        mesh / mesh_resolution / mesh_faces: ``mesh.glb``.
-        texture_size: with ``mesh``, UV-unwrap it and bake a square texture of this many
-            texels a side (None: vertex colours).
-        up: up axis of ``model.ply`` for viewers (``-y``: the 3DGS / SuperSplat habit).
-    """
-
-    mv: str = "zero123pp"
-    views: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int = 42
-    device: str = "cpu"
-    precision: str = "auto"
-    low_vram: bool = False
-    remove_bg: bool = True
-    rembg_model: str = "u2net"
-    foreground_ratio: float = 0.85
-    unet: str = "instantmesh"
-    mv_weights: Path | None = None
-    tile: int | None = None
-    elevation: float = 10.0
-    official_cameras: bool = False
-    checkpoint: Path | None = None
-    config: Path | dict | None = None
-    size: int | None = None
-    max_seq_len: int | None = None
-    min_opacity: float = MIN_OPACITY
-    refine: int = 0
-    video: bool = True
-    video_frames: int = 120
-    video_resolution: int = 512
-    fps: int = 30
-    mesh: bool = False
-    mesh_resolution: int = 256
-    mesh_faces: int = 100_000
-    texture_size: int | None = None
-    up: str = "-y"
-
-    def get(self, key: str):
-        value = getattr(self, key)
-        return DEFAULTS[self.mv][key] if value is None else value
 
 
 @dataclass
@@ -285,15 +196,6 @@ def list_photos(folder: PathLike) -> list[Path]:
     return list_images(folder)
 
 
-def finished(out_dir: PathLike, mesh: bool = False, video: bool = True) -> bool:
-    """True when ``out_dir`` holds a complete ``gen`` output."""
-    out_dir = Path(out_dir)
-    need = ["model.ply", "input.png", "views.png", "views/transforms.json"]
-    need += ["turntable.mp4"] if video else []
-    need += ["mesh.glb"] if mesh else []
-    return all((out_dir / n).exists() for n in need)
-
-
 def _save_png(path: Path, image) -> None:
     from pipelines.io_utils import atomic_path
 
@@ -311,40 +213,6 @@ def _sheet(images: list, columns: int):
     for k, im in enumerate(images):
         sheet.paste(im, ((k % columns) * w, (k // columns) * h))
     return sheet
-
-
-#: Everything ``gen`` may write into an output folder.
-OUTPUT_NAMES = (
-    "input.png",
-    "views.png",
-    "views",
-    "model.ply",
-    "cameras.json",
-    "model_frame.json",
-    "turntable.mp4",
-    "mesh.glb",
-)
-
-
-def _move_into(stage: Path, out_dir: Path) -> list[Path]:
-    """Move everything in ``stage`` into ``out_dir`` (replacing), drop outputs of an earlier
-    run that this one did not write (a stale mesh.glb, ...), then remove ``stage``."""
-    moved = []
-    for item in sorted(stage.iterdir()):
-        if item.name.startswith("."):
-            continue
-        target = out_dir / item.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(item, target)
-        moved.append(target)
-    shutil.rmtree(stage, ignore_errors=True)
-    names = {p.name for p in moved}
-    for name in OUTPUT_NAMES:
-        stale = out_dir / name
-        if name not in names and stale.is_file():
-            stale.unlink()
-    return moved
 
 
 def output_folders(photos: list[Path], base: Path) -> list[Path]:
@@ -493,8 +361,8 @@ class Generator:
     def __init__(self, opts: GenOptions) -> None:
         from pipelines import reconstruct as rc
 
-        if opts.mv not in DEFAULTS:
-            raise InputError(f"unknown --mv {opts.mv!r}; use {' or '.join(DEFAULTS)}")
+        if opts.mv not in MV_DEFAULTS:
+            raise InputError(f"unknown --mv {opts.mv!r}; use {' or '.join(MV_DEFAULTS)}")
         self.opts = opts
         self.device = opts.device
         cuda = device_type(self.device) == "cuda"
@@ -652,19 +520,16 @@ class Generator:
                 style=self.mv.name,  # the official script's steps ("zero123pp" / "sv3d")
             )
 
-        created = not out_dir.exists()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stage_dir = Path(tempfile.mkdtemp(prefix=".geolrm-gen-", dir=out_dir))
-        try:
-            _save_png(stage_dir / "input.png", prep.rgba)
+        with Staging(out_dir, "gen", stale=layout.GEN_NAMES) as stage:
+            _save_png(stage.file(layout.PHOTO), prep.rgba)
             steps = opts.get("steps")
             on_stage(f"Multi-view diffusion ({self.mv.name}, {steps} steps)", steps)
             with _measure(stats, f"multi-view ({self.mv.name})", dev):
                 views = self._mv_stage(
                     lambda: self.mv.generate(prep.image, seed, lambda i, n: step(1))
                 )
-            _save_png(stage_dir / "views.png", views.sheet)
-            views_dir = stage_dir / "views"
+            _save_png(stage.file(layout.SHEET), views.sheet)
+            views_dir = stage.file(layout.VIEWS)
             views_dir.mkdir()
             width = len(str(len(views.images) - 1))
             names = [f"{k:0{max(2, width)}d}.png" for k in views.used]
@@ -678,13 +543,13 @@ class Generator:
                 "views": list(views.used),
                 "seed": seed,
             }
-            (views_dir / "transforms.json").write_text(json.dumps(tj, indent=1) + "\n")
+            (stage.path / layout.VIEWS_CAMERAS).write_text(json.dumps(tj, indent=1) + "\n")
 
             on_stage("GeoLRM reconstruction", None)
             with _measure(stats, "GeoLRM", dev):
                 cams_in = rc.resolve_inputs(views_dir)
                 prepared = rc.prepare_views(cams_in, opts.get("size"))
-                result = rc.reconstruct(
+                scene = rc.reconstruct(
                     prepared,
                     self.model,
                     device=dev,
@@ -698,8 +563,8 @@ class Generator:
 
                 on_stage(f"Refining ({opts.refine} steps)", opts.refine)
                 with _measure(stats, f"refine ({opts.refine})", dev):
-                    result = refine_result(
-                        result,
+                    scene = refine_result(
+                        scene,
                         cams_in,
                         opts.refine,
                         seed=seed,
@@ -708,64 +573,52 @@ class Generator:
                     )
 
             video_started = False
+            turntable = opts.turntable()
 
             def on_frame() -> None:
                 nonlocal video_started
                 if not video_started:
-                    on_stage(f"Turntable ({opts.video_resolution} px)", opts.video_frames)
+                    on_stage(f"Turntable ({turntable.resolution} px)", turntable.frames)
                     video_started = True
                 step(1)
 
-            on_stage("Writing model.ply", None)
+            on_stage(f"Writing {layout.MODEL}", None)
             with _measure(stats, "outputs" + (" + turntable" if opts.video else ""), dev):
-                rc.write_outputs(
-                    result,
-                    stage_dir,
-                    video=opts.video,
-                    video_frames=opts.video_frames,
-                    video_resolution=opts.video_resolution,
-                    fps=opts.fps,
+                # cameras.json names the views relative to the folder they are written in
+                write_scene(
+                    scene,
+                    stage,
+                    base_dir=stage.path,
+                    video=turntable,
                     device=dev,
                     on_video_frame=on_frame if opts.video else None,
                     up=opts.up,
                 )
             if opts.mesh:
-                spec = rc.MeshSpec(
-                    resolution=opts.mesh_resolution,
-                    faces=opts.mesh_faces,
-                    texture_size=opts.texture_size,
-                )
-                on_stage(f"Mesh ({opts.mesh_resolution} voxels)", spec.views)
+                spec = opts.mesh_config()
+                on_stage(f"Mesh ({spec.resolution} voxels)", spec.views)
 
                 def mesh_stage(name: str, _total: int | None) -> None:
                     if name == "texture":
                         on_stage(f"Mesh texture ({spec.texture_size} px)", None)
 
                 with _measure(stats, "mesh" + (" + texture" if spec.texture_size else ""), dev):
-                    rc.write_mesh(
-                        stage_dir / "mesh.glb",
-                        result.gaussians_model,
-                        result.cameras_model,
+                    write_mesh(
+                        stage.file(layout.MESH),
+                        scene.gaussians_model,
+                        scene.cameras_model,
                         spec,
                         dev,
                         on_view=lambda *_a: step(1),
                         on_stage=mesh_stage,
                     )
-            files = _move_into(stage_dir, out_dir)
-        except BaseException:
-            shutil.rmtree(stage_dir, ignore_errors=True)
-            if created:
-                try:
-                    out_dir.rmdir()
-                except OSError:
-                    pass
-            raise
+        files = stage.written
         return GenResult(
             photo=photo,
             out_dir=out_dir,
             files=files,
-            gaussians=len(result.gaussians),
+            gaussians=len(scene.gaussians),
             stages=stats,
             alpha_source=prep.alpha_source,
-            dropped=result.dropped,
+            dropped=scene.geolrm.dropped,
         )

@@ -1,23 +1,19 @@
 """Posed views -> 3D Gaussians with GeoLRM, in the user's own camera frame.
 
-The three steps ``geolrm recon`` runs, usable on their own::
+The GeoLRM stage of ``geolrm recon`` (the whole command is :func:`pipelines.recon.recon`)::
 
-    from pipelines.geolrm import GeoLRM
-    from pipelines.reconstruct import load_model, reconstruct, resolve_inputs, write_outputs
+    from pipelines.outputs import write_outputs
+    from pipelines.reconstruct import GeoLRMPipeline, resolve_inputs
 
     cams = resolve_inputs("views/", "cams.json")          # or "views/transforms.json", "zero123pp"
-    model = load_model()                                  # registry weights (or checkpoint=, config=)
-    result = reconstruct(cams, model, size=448)
-    write_outputs(result, "out/", video=False)            # model.ply, cameras.json, ...
+    pipe = GeoLRMPipeline.from_pretrained()               # registry weights (or checkpoint=, config=)
+    scene = pipe(cams, size=448)                          # a pipelines.scene.Scene
+    write_outputs(scene, "out/", video=None)              # model.ply, cameras.json, ...
 
-Frames. GeoLRM was trained in a z-up world with the object inside [-0.5, 0.5]^3 and cameras at
-radius ~1.5 looking at the origin. :func:`to_model_frame` maps the user's cameras there with a
-similarity ``M`` (``x_model = M x_user``): cameras already in that frame are kept exactly (the
-official rigs reproduce bit for bit); any other set is centred on the point the cameras look at,
-scaled to radius 1.5, turned z-up and rotated about z so that the first camera sits at azimuth 0
-(a canonical frame: a rotated, moved or rescaled copy of the same capture gives the same model
-input, hence the same reconstruction, mapped back by ``M^-1``). Results are returned, and written,
-in the user's frame; the model-frame Gaussians are kept for the turntable video.
+Inputs: :func:`resolve_inputs` finds the views and their cameras (a transforms.json or a named
+rig). Frames (:func:`pipelines.scene.to_model_frame`): GeoLRM runs in its z-up model frame;
+the scene is returned in the user's frame too, the model-frame Gaussians are kept for the
+turntable video.
 """
 
 from __future__ import annotations
@@ -25,10 +21,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +31,23 @@ import torch
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.dataparsers import IMAGE_EXTENSIONS, load_transforms, resolve_image
 from pipelines.cameras.images import load_views
-from pipelines.cameras.normalize import normalize_to_model_frame
-from pipelines.cameras.orbits import RENDER_FOV_DEG, TURNTABLE_ELEVATION_DEG
-from pipelines.cameras.similarity import invert_similarity, similarity_to_json
-from pipelines.defaults import DEFAULT_SIZE, MIN_OPACITY, RIG_INPUT_SIZE
+from pipelines.defaults import (
+    DEFAULT_SIZE,
+    MAX_VIEWS,
+    MIN_OPACITY,
+    RIG_ELEVATION_DEG,
+    RIG_INPUT_SIZE,
+)
 from pipelines.device import run_stage
 from pipelines.errors import InputError
 from pipelines.multiview.rigs import sv3d_cameras, zero123pp_cameras
-from pipelines.splats.gaussians import Gaussians
+from pipelines.scene import GeoLRMExtras, Scene, to_model_frame
 
 __all__ = [
-    "DEFAULT_SIZE",
-    "MAX_VIEWS",
-    "MIN_OPACITY",
-    "RIG_INPUT_SIZE",
-    "MeshSpec",
-    "OUTPUT_NAMES",
     "PRECISIONS",
     "RIGS",
+    "GeoLRMPipeline",
     "PreparedViews",
-    "ReconResult",
     "check_min_opacity",
     "check_size",
     "check_view_count",
@@ -65,35 +56,20 @@ __all__ = [
     "list_images",
     "load_config",
     "load_model",
-    "output_paths",
     "prepare_views",
     "reconstruct",
     "resolve_checkpoint",
     "resolve_inputs",
     "resolve_precision",
-    "to_model_frame",
-    "write_mesh",
-    "write_outputs",
 ]
 
 PathLike = str | os.PathLike
 
-MAX_VIEWS = 32
 PATCH = 14
 #: Named rigs and the view counts they accept.
 RIGS: dict[str, tuple[int, ...]] = {"zero123pp": (6, 4), "sv3d": (21,)}
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: File names written into the output folder.
-OUTPUT_NAMES = {
-    "ply": "model.ply",
-    "cameras": "cameras.json",
-    "transform": "model_frame.json",
-    "raw": "raw.safetensors",
-    "video": "turntable.mp4",
-    "mesh": "mesh.glb",
-}
 _IMAGE_SUFFIXES = {e.lower() for e in IMAGE_EXTENSIONS}
-_IDENTITY = torch.eye(4, dtype=torch.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,7 +263,7 @@ def input_rig(path: PathLike, cameras: str | PathLike | None = None) -> str | No
 def resolve_inputs(
     path: PathLike,
     cameras: str | PathLike | None = None,
-    rig_elevation_deg: float = 10.0,
+    rig_elevation_deg: float = RIG_ELEVATION_DEG,
     official_cameras: bool = False,
 ) -> Cameras:
     """Find the views and their cameras (images are only opened for a named rig's size).
@@ -307,6 +283,8 @@ def resolve_inputs(
 
     Returns:
         Cameras with ``image_paths``, in the user's frame (a rig's are in the model frame).
+        Their number is not checked here: GeoLRM takes 1 to :data:`MAX_VIEWS`
+        (:func:`check_view_count`), the optimiser any number.
 
     Raises:
         InputError: missing files, camera file errors, image/camera count mismatches.
@@ -354,7 +332,6 @@ def resolve_inputs(
             )
         cams = load_transforms(cam_file, require_images=False)
         cams = _match_images(cams, cam_file, None)
-    check_view_count(len(cams))
     return cams
 
 
@@ -438,33 +415,7 @@ def load_model(
 
 
 # --------------------------------------------------------------------------------------------
-# frames
-
-
-def to_model_frame(cams: Cameras) -> tuple[Cameras, torch.Tensor]:
-    """Cameras in GeoLRM's frame and ``M`` (``[4, 4]`` float64, ``x_model = M x_user``).
-
-    Cameras already in the model frame are returned unchanged with ``M = I``; others go to the
-    canonical frame of :func:`~pipelines.cameras.normalize_to_model_frame` with the first
-    camera at azimuth 0. Degenerate sets (all cameras at one point, looking away from each
-    other) raise :class:`InputError`.
-    """
-    out, m = normalize_to_model_frame(cams)
-    if torch.equal(m, _IDENTITY):
-        return out, m
-    return normalize_to_model_frame(cams, first_azimuth_deg=0.0)
-
-
-def _to_user(g: Gaussians, m: torch.Tensor) -> Gaussians:
-    if torch.equal(m, _IDENTITY):
-        return g
-    inv = invert_similarity(m)
-    g64 = g.to(torch.float64)
-    return g64.transformed(inv).to(torch.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# reconstruction
+# the pipeline
 
 
 @dataclass
@@ -497,39 +448,6 @@ def prepare_views(cams: Cameras, size: int = DEFAULT_SIZE) -> PreparedViews:
     return PreparedViews(images, used, cams_model, m)
 
 
-@dataclass
-class ReconResult:
-    """What :func:`reconstruct` returns.
-
-    Attributes:
-        gaussians: the Gaussians in the user's (cameras') frame.
-        gaussians_model: the same in the model frame (z-up, object in [-0.5, 0.5]^3).
-        anchors: ``[S, 3]`` anchors (model frame).
-        occupancy_logits: ``[G, G, G]`` proposal logits (model frame, X, Y, Z).
-        raw_gaussians: ``[S*K, 14]`` activated model output (model frame): xyz, opacity,
-            scale(3), rotation wxyz(4), rgb(3).
-        model_from_user: ``[4, 4]`` float64 similarity, ``x_model = M x_user``.
-        cameras: cameras used (user frame, intrinsics at the model input size).
-        cameras_model: the same in the model frame.
-        gs_per_token: Gaussians per anchor (K).
-        timings: seconds per stage.
-        dropped: GeoLRM Gaussians dropped for an opacity below ``min_opacity`` (they are in
-            ``raw_gaussians``, not in ``gaussians``).
-    """
-
-    gaussians: Gaussians
-    gaussians_model: Gaussians
-    anchors: torch.Tensor
-    occupancy_logits: torch.Tensor
-    raw_gaussians: torch.Tensor
-    model_from_user: torch.Tensor
-    cameras: Cameras
-    cameras_model: Cameras
-    gs_per_token: int
-    timings: dict[str, float] = field(default_factory=dict)
-    dropped: int = 0
-
-
 #: Model submodules whose start marks a stage (progress callbacks).
 _STAGES = (
     ("serializer.encoder", "proposal: encoding views"),
@@ -537,6 +455,131 @@ _STAGES = (
     ("lrm_generator.encoder", "reconstruction: encoding views"),
     ("lrm_generator.transformer", "reconstruction: transformer"),
 )
+
+
+class GeoLRMPipeline:
+    """GeoLRM on posed views: ``pipe(cams) -> Scene`` in the user's frame.
+
+    ::
+
+        pipe = GeoLRMPipeline.from_pretrained(device="cuda")    # registry weights
+        scene = pipe(resolve_inputs("views/"), size=448, seed=42)
+
+    Owns GeoLRM's limits: 1 to :data:`MAX_VIEWS` views, an input size that is a multiple of
+    the ViT patch (14), ``min_opacity`` in [0, 1), fp32 anywhere and bf16 / fp16 on CUDA.
+
+    Args:
+        model: a :class:`pipelines.geolrm.GeoLRM`.
+        device: torch device string (on MPS, an operation MPS lacks reruns GeoLRM on the CPU:
+            :func:`pipelines.device.run_stage`).
+        precision: ``fp32``; ``bf16``/``fp16`` run under CUDA autocast.
+    """
+
+    max_views = MAX_VIEWS
+    patch = PATCH
+
+    def __init__(self, model, device: str = "cpu", precision: str = "fp32") -> None:
+        self.model = model
+        self.device = device
+        self.precision = precision
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: PathLike | None = None,
+        config: dict | PathLike | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        **options: Any,
+    ) -> GeoLRMPipeline:
+        """Load the weights (:func:`load_model`: registry weights when ``checkpoint`` is None;
+        ``options``: ``max_seq_len``, ``seed``, ``compat_padding``)."""
+        return cls(load_model(checkpoint, config, **options), device, precision)
+
+    def __call__(
+        self,
+        cams: Cameras | PreparedViews,
+        size: int = DEFAULT_SIZE,
+        seed: int | None = None,
+        min_opacity: float = MIN_OPACITY,
+        on_stage: Callable[[str], None] | None = None,
+    ) -> Scene:
+        """Reconstruct 3D Gaussians from posed views.
+
+        Args:
+            cams: cameras with ``image_paths`` in any frame (from :func:`resolve_inputs`), or
+                the output of :func:`prepare_views`.
+            size: model input size (multiple of 14); ignored for prepared views.
+            seed: seeds torch and the model's anchor subset (None keeps the model's seed).
+            min_opacity: Gaussians with a lower opacity are dropped (:data:`MIN_OPACITY`, as
+                the official scripts; 0 keeps all); ``geolrm.raw_gaussians`` keeps every one.
+            on_stage: called with a short name as each model stage starts.
+
+        Returns:
+            A :class:`~pipelines.scene.Scene` with :class:`~pipelines.scene.GeoLRMExtras`.
+        """
+        # 1. check the inputs
+        check_min_opacity(min_opacity)
+        dtype = resolve_precision(self.precision, self.device)
+        # 2. prepare the views: load, pad square, resize (1 to 32 views, size a multiple of 14)
+        # 3. the cameras to the model frame (M = I for cameras already in it)
+        prep = cams if isinstance(cams, PreparedViews) else prepare_views(cams, size)
+        # 4. proposal (occupancy -> anchors) and 5. reconstruction (anchors -> Gaussians): one
+        # forward of the network; the hooks report its stages
+        out = self._forward(prep, dtype, seed, on_stage)
+        # 6. prune below min_opacity and map back to the user's frame
+        n = int(out.anchor_counts[0])
+        k = int(out.gs_per_token)
+        g_model = out.to_gaussians(0).to("cpu", torch.float32, copy=True)  # plain tensors
+        total = len(g_model)
+        if min_opacity > 0:
+            g_model = g_model[g_model.opacities >= min_opacity]
+        extras = GeoLRMExtras(
+            anchors=out.anchors[0, :n].to("cpu", torch.float32).clone(),
+            occupancy_logits=out.occupancy_logits[0].to("cpu", torch.float32).clone(),
+            raw_gaussians=out.gaussians[0, : n * k].to("cpu", torch.float32).clone(),
+            gs_per_token=k,
+            dropped=total - len(g_model),
+        )
+        return Scene.from_model_frame(
+            g_model,
+            prep.model_from_user.clone(),
+            prep.cameras,
+            prep.cameras_model,
+            geolrm=extras,
+            timings=dict(out.timings),
+        )
+
+    def _forward(
+        self,
+        prep: PreparedViews,
+        dtype: torch.dtype,
+        seed: int | None,
+        on_stage: Callable[[str], None] | None,
+    ):
+        model = self.model
+        handles = []
+        if on_stage is not None:
+            for name, label in _STAGES:
+                module = model.get_submodule(name)
+                handles.append(module.register_forward_pre_hook(lambda *_a, _l=label: on_stage(_l)))
+
+        def forward(dev: str):  # the whole stage, so that an MPS failure can rerun it on the CPU
+            if seed is not None:
+                torch.manual_seed(int(seed))
+                model.set_options(seed=int(seed))
+            net = model.to(dev)
+            images = prep.images[None].to(dev)
+            c2ws = prep.cameras_model.c2w[None].to(dev)
+            ks = prep.cameras_model.normalized_K()[None].to(dev)
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                return net(images, c2ws, ks)
+
+        try:
+            return run_stage("GeoLRM", self.device, forward)
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def reconstruct(
@@ -548,291 +591,7 @@ def reconstruct(
     seed: int | None = None,
     on_stage: Callable[[str], None] | None = None,
     min_opacity: float = MIN_OPACITY,
-) -> ReconResult:
-    """Reconstruct 3D Gaussians from posed views.
-
-    Args:
-        cams: cameras with ``image_paths`` in any frame (from :func:`resolve_inputs`), or the
-            output of :func:`prepare_views`.
-        model: a :class:`pipelines.geolrm.GeoLRM` (moved to ``device``).
-        size: model input size (multiple of 14); ignored for prepared views.
-        device: torch device string (on MPS, an operation MPS lacks reruns GeoLRM on the CPU:
-            :func:`pipelines.device.run_stage`).
-        precision: ``fp32``; ``bf16``/``fp16`` run under CUDA autocast.
-        seed: seeds torch and the model's anchor subset (None keeps the model's seed).
-        on_stage: called with a short name as each model stage starts.
-        min_opacity: Gaussians with a lower opacity are dropped (:data:`MIN_OPACITY`, as the
-            official scripts; 0 keeps all); ``raw_gaussians`` keeps every one.
-    """
-    check_min_opacity(min_opacity)
-    dtype = resolve_precision(precision, device)
-    prep = cams if isinstance(cams, PreparedViews) else prepare_views(cams, size)
-    handles = []
-    if on_stage is not None:
-        for name, label in _STAGES:
-            module = model.get_submodule(name)
-            handles.append(module.register_forward_pre_hook(lambda *_a, _l=label: on_stage(_l)))
-
-    def forward(dev: str):  # the whole stage, so that an MPS failure can rerun it on the CPU
-        if seed is not None:
-            torch.manual_seed(int(seed))
-            model.set_options(seed=int(seed))
-        net = model.to(dev)
-        images = prep.images[None].to(dev)
-        c2ws = prep.cameras_model.c2w[None].to(dev)
-        ks = prep.cameras_model.normalized_K()[None].to(dev)
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            return net(images, c2ws, ks)
-
-    try:
-        out = run_stage("GeoLRM", device, forward)
-    finally:
-        for h in handles:
-            h.remove()
-    n = int(out.anchor_counts[0])
-    k = int(out.gs_per_token)
-    g_model = out.to_gaussians(0).to("cpu", torch.float32, copy=True)  # plain tensors
-    total = len(g_model)
-    if min_opacity > 0:
-        g_model = g_model[g_model.opacities >= min_opacity]
-    return ReconResult(
-        gaussians=_to_user(g_model, prep.model_from_user),
-        gaussians_model=g_model,
-        anchors=out.anchors[0, :n].to("cpu", torch.float32).clone(),
-        occupancy_logits=out.occupancy_logits[0].to("cpu", torch.float32).clone(),
-        raw_gaussians=out.gaussians[0, : n * k].to("cpu", torch.float32).clone(),
-        model_from_user=prep.model_from_user.clone(),
-        cameras=prep.cameras,
-        cameras_model=prep.cameras_model,
-        gs_per_token=k,
-        timings=dict(out.timings),
-        dropped=total - len(g_model),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# outputs
-
-
-@dataclass
-class MeshSpec:
-    """The mesh :func:`write_outputs` adds as ``mesh.glb`` (``--mesh``): the Gaussians fused
-    into a TSDF (:func:`pipelines.mesh.gaussians_to_mesh`, with the input cameras for the
-    unseen-surface fill), optionally textured."""
-
-    resolution: int = 256
-    faces: int = 100_000
-    views: int = 60
-    texture_size: int | None = None
-
-
-def output_paths(
-    out_dir: PathLike, save_raw: bool = False, video: bool = True, mesh: bool = False
-) -> list[Path]:
-    """The files :func:`write_outputs` writes into ``out_dir``."""
-    out_dir = Path(out_dir)
-    keys = ["ply", "cameras", "transform"] + (["raw"] if save_raw else [])
-    keys += ["video"] if video else []
-    keys += ["mesh"] if mesh else []
-    return [out_dir / OUTPUT_NAMES[k] for k in keys]
-
-
-def check_output_dir(
-    out_dir: PathLike,
-    protect: Sequence[PathLike] = (),
-    save_raw: bool = False,
-    video: bool = True,
-    mesh: bool = False,
-) -> None:
-    """Refuse an output folder that is a file, or whose outputs would overwrite an input."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"-o {out_dir} is a file; pass a folder for the outputs")
-    inputs = {Path(p).resolve() for p in protect}
-    for p in output_paths(out_dir, save_raw, video, mesh):
-        if p.resolve() in inputs:
-            raise InputError(f"writing {p} would overwrite an input file; choose another -o folder")
-
-
-def _cameras_json(result: ReconResult, out_dir: Path) -> dict:
-    data = result.cameras.to_transforms_json(base_dir=out_dir)
-    data["geolrm"] = {
-        "note": (
-            "poses in the input cameras' world frame; intrinsics for the square model input "
-            f"({result.cameras.width} px: images padded square with white, then resized)"
-        ),
-        "size": result.cameras.width,
-        "model_from_user": result.model_from_user.tolist(),
-        "model_frame_transform_matrices": result.cameras_model.c2w.double().tolist(),
-    }
-    return data
-
-
-def _write_raw(path: Path, result: ReconResult) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {
-        "anchors": result.anchors.contiguous(),
-        "occupancy_logits": result.occupancy_logits.contiguous(),
-        "gaussians": result.raw_gaussians.contiguous(),
-        "model_from_user": result.model_from_user.contiguous(),
-        "c2ws_model": result.cameras_model.c2w.contiguous(),
-        "Ks_normalized": result.cameras_model.normalized_K().contiguous(),
-    }
-    meta = {
-        "format": "pt",
-        "frame": "model (z-up, object in [-0.5, 0.5]^3); x_model = model_from_user @ x_user",
-        "gaussians_layout": "xyz(3) opacity(1) scale(3) rotation_wxyz(4) rgb(3), activated",
-        "gs_per_token": str(result.gs_per_token),
-        "anchor_count": str(int(result.anchors.shape[0])),
-    }
-    save_file(tensors, str(path), metadata=meta)
-
-
-def write_outputs(
-    result: ReconResult,
-    out_dir: PathLike,
-    save_raw: bool = False,
-    video: bool = True,
-    video_frames: int = 120,
-    video_resolution: int = 512,
-    fps: int = 30,
-    device: str = "cpu",
-    protect: Sequence[PathLike] = (),
-    on_video_frame: Callable[[], None] | None = None,
-    up: str | None = None,
-    mesh: MeshSpec | None = None,
-    on_mesh_view: Callable[[int], None] | None = None,
-) -> list[Path]:
-    """Write the outputs; all or nothing.
-
-    Files (see :data:`OUTPUT_NAMES`): ``model.ply`` (standard 3DGS layout, user frame, header
-    frame = identity; with ``up`` the user frame is taken as z-up and the file is written for
-    viewers with that up axis, e.g. ``"-y"`` for views from a generator rig), ``cameras.json`` (nerfstudio transforms of the cameras used, user
-    frame), ``model_frame.json`` (the similarity ``M``), with ``save_raw`` ``raw.safetensors``
-    (anchors, occupancy logits, raw Gaussians, model frame), with ``video`` ``turntable.mp4``
-    (model frame, z-up, elevation 20 deg), with ``mesh`` ``mesh.glb`` (user frame taken as
-    z-up, as ``geolrm mesh model.ply`` reads it; ``on_mesh_view`` reports the fusion renders).
-
-    Everything is written into a hidden staging folder inside ``out_dir`` and renamed into
-    place at the end: a failure or an interrupt leaves no partial file (and removes
-    ``out_dir`` when this call created it and it stayed empty). Paths in ``protect`` (the
-    inputs) are never overwritten.
-
-    Returns:
-        The written paths.
-    """
-    from pipelines.io_utils import write_text_atomic
-    from pipelines.splats.frames import matrix_to_text
-    from pipelines.splats.ply import save_ply
-
-    out_dir = Path(out_dir)
-    check_output_dir(out_dir, protect, save_raw, video, mesh is not None)
-    targets = output_paths(out_dir, save_raw, video, mesh is not None)
-    created = []
-    for parent in (out_dir, *out_dir.parents):
-        if parent.exists():
-            break
-        created.append(parent)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".geolrm-recon-", dir=out_dir))
-    try:
-        m_text = matrix_to_text(result.model_from_user)
-        save_ply(
-            stage / OUTPUT_NAMES["ply"],
-            result.gaussians,
-            up=up,
-            comments=[
-                "geolrm recon: Gaussians in the input cameras' world frame"
-                + ("" if up is None else f" (z-up), written with up axis {up}"),
-                f"geolrm model_from_user {m_text}",
-            ],
-        )
-        cams_json = json.dumps(_cameras_json(result, out_dir), indent=1) + "\n"
-        write_text_atomic(stage / OUTPUT_NAMES["cameras"], cams_json)
-        transform = similarity_to_json(result.model_from_user)
-        transform["description"] = (
-            "similarity from the input cameras' world frame to GeoLRM's model frame "
-            "(z-up, object in [-0.5, 0.5]^3, cameras at radius ~1.5); model.ply is in the input "
-            "frame, turntable.mp4 and raw.safetensors in the model frame"
-        )
-        write_text_atomic(stage / OUTPUT_NAMES["transform"], json.dumps(transform, indent=1) + "\n")
-        if save_raw:
-            _write_raw(stage / OUTPUT_NAMES["raw"], result)
-        if video:
-            _write_video(
-                stage / OUTPUT_NAMES["video"],
-                result.gaussians_model,
-                video_frames,
-                video_resolution,
-                fps,
-                device,
-                on_video_frame,
-            )
-        if mesh is not None:
-            write_mesh(
-                stage / OUTPUT_NAMES["mesh"],
-                result.gaussians,
-                result.cameras,
-                mesh,
-                device,
-                on_mesh_view,
-            )
-        for target in targets:
-            os.replace(stage / target.name, target)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        for folder in created:  # deepest first
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
-    shutil.rmtree(stage, ignore_errors=True)
-    return targets
-
-
-def write_mesh(
-    path: Path,
-    g: Gaussians,
-    cameras: Cameras | None,
-    spec: MeshSpec,
-    device: str = "cpu",
-    on_view: Callable[[int], None] | None = None,
-    on_stage: Callable[[str, int | None], None] | None = None,
-) -> None:
-    """Mesh ``g`` by :func:`pipelines.mesh.gaussians_to_mesh` with ``spec``'s settings (the
-    input ``cameras``, same frame as ``g``, drive the unseen-surface fill) and export it to
-    ``path`` (format from the suffix)."""
-    from pipelines.mesh import export_mesh, gaussians_to_mesh
-
-    made = gaussians_to_mesh(
-        g,
-        views=spec.views,
-        resolution=spec.resolution,
-        faces=spec.faces,
-        device=device,
-        on_view=on_view,
-        texture_size=spec.texture_size,
-        on_stage=on_stage,
-        cameras=cameras,
-    )
-    export_mesh(made.mesh, path)
-
-
-def _write_video(
-    path: Path,
-    g: Gaussians,
-    frames: int,
-    resolution: int,
-    fps: int,
-    device: str,
-    on_frame: Callable[[], None] | None,
-) -> None:
-    from pipelines.export.media import video_writer
-    from pipelines.render import render_frames, turntable_cameras
-
-    cams = turntable_cameras(g, frames, TURNTABLE_ELEVATION_DEG, RENDER_FOV_DEG, resolution)
-    with video_writer(path, fps) as append:
-        for frame in render_frames(g, cams, "white", device, on_frame=on_frame):
-            append(frame.rgb)
+) -> Scene:
+    """:class:`GeoLRMPipeline` of ``model`` on ``device`` at ``precision``, called once."""
+    pipe = GeoLRMPipeline(model, device, precision)
+    return pipe(cams, size=size, seed=seed, min_opacity=min_opacity, on_stage=on_stage)

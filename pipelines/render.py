@@ -16,7 +16,8 @@ import torch
 
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.geometry import fit_distance, percentile_box
-from pipelines.cameras.orbits import RENDER_FOV_DEG, TURNTABLE_ELEVATION_DEG, orbit_cameras
+from pipelines.cameras.orbits import orbit_cameras
+from pipelines.defaults import TurntableConfig
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
 
@@ -47,12 +48,15 @@ def object_bounds(g: Gaussians, min_opacity: float = 0.05) -> tuple[torch.Tensor
     return centre, max(radius, 1e-3)
 
 
+_TURNTABLE = TurntableConfig()
+
+
 def turntable_cameras(
     g: Gaussians,
-    frames: int = 120,
-    elevation_deg: float = TURNTABLE_ELEVATION_DEG,
-    fov_deg: float = RENDER_FOV_DEG,
-    resolution: int = 512,
+    frames: int = _TURNTABLE.frames,
+    elevation_deg: float = _TURNTABLE.elevation_deg,
+    fov_deg: float = _TURNTABLE.fov_deg,
+    resolution: int = _TURNTABLE.resolution,
     distance: float | None = None,
     start_azimuth_deg: float = 0.0,
 ) -> Cameras:

@@ -380,7 +380,8 @@ def stage_timings(device: str, small: bool = False, steps: dict | None = None) -
 
     from pipelines.geolrm import GeoLRM
     from pipelines.multiview.rigs import sv3d_cameras, zero123pp_cameras
-    from pipelines.reconstruct import PreparedViews, reconstruct, to_model_frame
+    from pipelines.reconstruct import PreparedViews, reconstruct
+    from pipelines.scene import to_model_frame
 
     steps = steps or {"zero123pp": 75, "sv3d": 50}
     cuda = device.startswith("cuda")

@@ -586,7 +586,7 @@ def test_refine_lowers_the_loss(tmp_path, capsys, monkeypatch) -> None:
     first = sum(s.loss for s in steps[:3]) / 3
     last = sum(s.loss for s in steps[-3:]) / 3
     assert last < first, (first, last)
-    assert refined.anchors is base.anchors
+    assert refined.geolrm.anchors is base.geolrm.anchors
     assert not torch.equal(refined.gaussians.means[:10], base.gaussians.means[:10])
     # and through the command line
     out = tmp_path / "out"

@@ -21,7 +21,8 @@ from geolrm_cli.app import app
 from geolrm_cli.console import run_cli
 from pipelines.cameras import Cameras, invert_similarity, load_similarity, orbit_cameras
 from pipelines.cameras.dataparsers import load_transforms
-from pipelines.reconstruct import list_images, resolve_inputs, to_model_frame
+from pipelines.reconstruct import list_images, resolve_inputs
+from pipelines.scene import to_model_frame
 from pipelines.splats.ply import load_ply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -477,7 +478,7 @@ def test_no_camera_file(tmp_path, capsys, monkeypatch) -> None:
 
 
 def _fake_result():
-    from pipelines.reconstruct import ReconResult
+    from pipelines.scene import GeoLRMExtras, Scene
     from pipelines.splats.gaussians import Gaussians
 
     gen = torch.Generator().manual_seed(0)
@@ -491,22 +492,25 @@ def _fake_result():
         torch.rand(n, 3, generator=gen),
     )
     cams = load_transforms(VIEWS / "transforms.json")
-    return ReconResult(
+    return Scene(
         gaussians=g,
         gaussians_model=g,
-        anchors=g.means.clone(),
-        occupancy_logits=torch.zeros(4, 4, 4),
-        raw_gaussians=torch.zeros(n, 14),
         model_from_user=torch.eye(4, dtype=torch.float64),
         cameras=cams,
         cameras_model=cams,
-        gs_per_token=1,
+        geolrm=GeoLRMExtras(
+            anchors=g.means.clone(),
+            occupancy_logits=torch.zeros(4, 4, 4),
+            raw_gaussians=torch.zeros(n, 14),
+            gs_per_token=1,
+        ),
     )
 
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, existing: bool) -> None:
-    import pipelines.reconstruct as rc
+    import pipelines.outputs as rc
+    from pipelines.defaults import TurntableConfig
 
     out = tmp_path / "new" / "out"
     if existing:
@@ -519,14 +523,14 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, existing: bool)
 
     monkeypatch.setattr(rc, "_write_video", broken_video)
     with pytest.raises(KeyboardInterrupt):
-        rc.write_outputs(_fake_result(), out, save_raw=True, video=True)
+        rc.write_outputs(_fake_result(), out, save_raw=True, video=TurntableConfig())
     if existing:  # the earlier output is untouched, nothing else appeared
         assert [p.name for p in out.iterdir()] == ["model.ply"]
         assert (out / "model.ply").read_bytes() == b"previous run"
     else:  # the folders this call created are gone again
         assert not (tmp_path / "new").exists()
     monkeypatch.undo()
-    written = rc.write_outputs(_fake_result(), out, save_raw=True, video=False)
+    written = rc.write_outputs(_fake_result(), out, save_raw=True, video=None)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
     assert len(load_ply(out / "model.ply").gaussians) == 50
 

@@ -16,6 +16,9 @@ from pathlib import Path
 import typer
 
 from geolrm_cli.options import ASSUME_UP, DEVICE, Up
+from pipelines.defaults import EvalConfig
+
+_EVAL = EvalConfig()
 
 
 def _fmt(value, digits: int) -> str:
@@ -104,10 +107,12 @@ def eval_cmd(
         help="Write the metrics here (default: OUT/eval.json, or <model>_eval.json beside a file).",
     ),
     points: int = typer.Option(
-        100_000, "--points", min=1, help="Surface points sampled for Chamfer / F-score."
+        _EVAL.points, "--points", min=1, help="Surface points sampled for Chamfer / F-score."
     ),
-    tau: float = typer.Option(0.01, "--tau", help="F-score distance threshold (world units, > 0)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the surface sampling."),
+    tau: float = typer.Option(
+        _EVAL.tau, "--tau", help="F-score distance threshold (world units, > 0)."
+    ),
+    seed: int = typer.Option(_EVAL.seed, "--seed", help="Seed of the surface sampling."),
     mesh_up: Up | None = typer.Option(
         None,
         "--mesh-up",

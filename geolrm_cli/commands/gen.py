@@ -18,9 +18,14 @@ from pathlib import Path
 
 import typer
 
+from geolrm_cli import options as opt
 from geolrm_cli.console import stages
-from geolrm_cli.options import DEVICE, MESH, MESH_RESOLUTION, TEXTURE, TEXTURE_SIZE, Up
-from pipelines.defaults import MIN_OPACITY, RIG_INPUT_SIZE
+from geolrm_cli.options import Up
+from pipelines.defaults import MV_DEFAULTS, RIG_INPUT_SIZE
+from pipelines.options import GenOptions
+
+_DEFAULTS = GenOptions()
+_ZERO123PP, _SV3D = MV_DEFAULTS["zero123pp"], MV_DEFAULTS["sv3d"]
 
 
 class MultiView(str, Enum):
@@ -67,7 +72,7 @@ def gen(
         help="Output folder. Default: <photo>_gen (or <folder>_gen) next to the input.",
     ),
     mv: MultiView = typer.Option(
-        MultiView.zero123pp,
+        MultiView(_DEFAULTS.mv),
         "--mv",
         help="Multi-view model: zero123pp (6 views, CC-BY-NC weights) or sv3d (21 orbit "
         "frames; gated, non-commercial).",
@@ -75,44 +80,51 @@ def gen(
     views: int | None = typer.Option(
         None,
         "--views",
-        help="Views fed to GeoLRM. zero123pp: 6 (default) or 4 (views 0, 2, 4, 5); sv3d: "
-        "21 (default) or fewer (frames 0, 21//n, ...).",
+        help=f"Views fed to GeoLRM. zero123pp: {_ZERO123PP.views} (default) or 4 (views 0, 2, "
+        f"4, 5); sv3d: {_SV3D.views} (default) or fewer (frames 0, 21//n, ...).",
     ),
     steps: int | None = typer.Option(
-        None, "--steps", min=1, help="Denoising steps (zero123pp 75, sv3d 50)."
+        None,
+        "--steps",
+        min=1,
+        help=f"Denoising steps (zero123pp {_ZERO123PP.steps}, sv3d {_SV3D.steps}).",
     ),
     guidance: float | None = typer.Option(
         None,
         "--guidance",
-        help="Classifier-free guidance (zero123pp 4.0; sv3d: the peak of its per-frame "
-        "triangle schedule, 2.5).",
+        help=f"Classifier-free guidance (zero123pp {_ZERO123PP.guidance}; sv3d: the peak of its "
+        f"per-frame triangle schedule, {_SV3D.guidance}).",
     ),
-    seed: int = typer.Option(42, "--seed", help="One seed for every stage."),
-    device: str = DEVICE,
+    seed: int = opt.seed_option("One seed for every stage."),
+    device: str = opt.DEVICE,
     precision: GenPrecision = typer.Option(
-        GenPrecision.auto,
+        GenPrecision(_DEFAULTS.precision),
         "--precision",
         help="auto (fp16 diffusion on CUDA and MPS, fp32 on CPU; GeoLRM fp32), or "
         "fp32/fp16/bf16 for both (fp16/bf16 on CUDA only).",
     ),
     low_vram: bool = typer.Option(
-        False, "--low-vram", help="CUDA: fp16 weights and model CPU offload."
+        _DEFAULTS.low_vram, "--low-vram", help="CUDA: fp16 weights and model CPU offload."
     ),
     rembg: bool = typer.Option(
-        True,
+        _DEFAULTS.remove_bg,
         "--rembg/--no-rembg",
         help="Remove the background with rembg and frame the object (rembg is skipped when "
         "the photo has an alpha channel). --no-rembg uses the photo as is, as the official "
         "scripts: shortest edge resized to the model input, centre crop, no framing.",
     ),
     rembg_model: str = typer.Option(
-        "u2net", "--rembg-model", help="rembg model (geolrm weights list: u2net, isnet-...)."
+        _DEFAULTS.rembg_model,
+        "--rembg-model",
+        help="rembg model (geolrm weights list: u2net, isnet-...).",
     ),
     foreground_ratio: float = typer.Option(
-        0.85, "--foreground-ratio", help="Fraction of the square the object fills."
+        _DEFAULTS.foreground_ratio,
+        "--foreground-ratio",
+        help="Fraction of the square the object fills.",
     ),
     unet: str = typer.Option(
-        "instantmesh",
+        _DEFAULTS.unet,
         "--unet",
         help="zero123pp UNet: instantmesh (white background, as GeoLRM), original (grey "
         "background) or a UNet state-dict file.",
@@ -126,19 +138,13 @@ def gen(
     tile: int | None = typer.Option(
         None,
         "--tile",
-        help="View size of the multi-view model (zero123pp 320, sv3d 576); only change it "
-        "for small test models.",
+        help=f"View size of the multi-view model (zero123pp {_ZERO123PP.tile}, sv3d "
+        f"{_SV3D.tile}); only change it for small test models.",
     ),
     elevation: float = typer.Option(
-        10.0, "--elevation", help="sv3d: camera elevation of the orbit in degrees."
+        _DEFAULTS.elevation, "--elevation", help="sv3d: camera elevation of the orbit in degrees."
     ),
-    official_cameras: bool = typer.Option(
-        False,
-        "--official-cameras",
-        help="sv3d: frame i at azimuth i*360/21 as GeoLRM's official script assigns "
-        "(reproduces its output, rotated 17.14 deg about z), instead of (i+1)*360/21, the "
-        "azimuths SV3D generated the frames at.",
-    ),
+    official_cameras: bool = opt.OFFICIAL_CAMERAS,
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="GeoLRM weights. Default: the registry's 'geolrm' artifact."
     ),
@@ -152,33 +158,29 @@ def gen(
         + ", ".join(f"{k} {v}" for k, v in RIG_INPUT_SIZE.items())
         + ").",
     ),
-    min_opacity: float = typer.Option(
-        MIN_OPACITY,
-        "--min-opacity",
-        help="Drop GeoLRM's Gaussians below this opacity before saving and rendering, as the "
-        "official scripts do; 0 keeps all.",
-    ),
+    min_opacity: float = opt.MIN_OPACITY_OPTION,
     max_seq_len: int | None = typer.Option(
         None, "--max-seq-len", min=1, help="GeoLRM anchors kept (default: the config's)."
     ),
     refine: int = typer.Option(
-        0, "--refine", min=0, help="Refine the Gaussians against the views for N steps."
+        _DEFAULTS.refine,
+        "--refine",
+        min=0,
+        help="Refine the Gaussians against the views for N steps.",
     ),
-    video: bool = typer.Option(True, "--video/--no-video", help="Write turntable.mp4."),
-    video_frames: int = typer.Option(120, "--video-frames", min=1, help="Turntable frames."),
-    video_resolution: int = typer.Option(
-        512, "--video-resolution", min=16, max=4096, help="Turntable size in pixels."
-    ),
-    fps: int = typer.Option(30, "--fps", min=1, help="Turntable frame rate."),
-    mesh: bool = MESH,
-    mesh_resolution: int = MESH_RESOLUTION,
-    texture: bool = TEXTURE,
-    texture_size: int = TEXTURE_SIZE,
+    video: bool = opt.VIDEO,
+    video_frames: int = opt.VIDEO_FRAMES,
+    video_resolution: int = opt.VIDEO_RESOLUTION,
+    fps: int = opt.FPS,
+    mesh: bool = opt.MESH,
+    mesh_resolution: int = opt.MESH_RESOLUTION,
+    texture: bool = opt.TEXTURE,
+    texture_size: int = opt.TEXTURE_SIZE,
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Folder input: redo photos whose outputs already exist."
     ),
     up: Up = typer.Option(
-        Up.minus_y,
+        Up(_DEFAULTS.up),
         "--up",
         help="Up axis of model.ply (-y: 3DGS/SuperSplat habit; z: GeoLRM's world).",
     ),
@@ -201,7 +203,8 @@ def gen(
     """
     from geolrm_cli.console import console, error_line, resolve_device
     from pipelines.errors import InputError
-    from pipelines.generate import Generator, GenOptions, finished, list_photos, output_folders
+    from pipelines.generate import Generator, list_photos, output_folders
+    from pipelines.layout import gen_finished
 
     dev = resolve_device(device)
     mesh = mesh or texture
@@ -256,7 +259,7 @@ def gen(
     results, skipped, failed = [], [], []
     folder = photo.is_dir()
     for src, out in jobs:
-        if folder and not overwrite and finished(out, mesh=mesh, video=video):
+        if folder and not overwrite and gen_finished(out, mesh=mesh, video=video):
             skipped.append((src, out))
             continue
         try:

@@ -20,6 +20,10 @@ from pathlib import Path
 import typer
 
 from geolrm_cli.options import ASSUME_UP, DEVICE, TEXTURE_SIZE, Up
+from pipelines import layout
+from pipelines.defaults import MeshConfig
+
+_MESH = MeshConfig()
 
 
 def mesh(
@@ -34,17 +38,17 @@ def mesh(
         "Default: <model>_mesh.glb next to the model.",
     ),
     faces: int = typer.Option(
-        100_000, "--faces", min=4, help="Face budget: the mesh is decimated to at most this."
+        _MESH.faces, "--faces", min=4, help="Face budget: the mesh is decimated to at most this."
     ),
     resolution: int = typer.Option(
-        256,
+        _MESH.resolution,
         "--resolution",
         min=16,
         max=1024,
         help="TSDF voxels along the object's longest side (finer = more detail, slower).",
     ),
     views: int = typer.Option(
-        60, "--views", min=1, help="Views rendered and fused (spread over a sphere)."
+        _MESH.views, "--views", min=1, help="Views rendered and fused (spread over a sphere)."
     ),
     trunc: float | None = typer.Option(
         None,
@@ -128,8 +132,8 @@ def mesh(
         raise InputError("-o would overwrite the input model; choose another path")
     if cameras is not None and not fill:
         raise InputError("--cameras is only used to fill unseen surface; drop --keep-unseen")
-    if cameras is None and fill and model.with_name("cameras.json").is_file():
-        cameras = model.with_name("cameras.json")
+    if cameras is None and fill and model.with_name(layout.CAMERAS).is_file():
+        cameras = model.with_name(layout.CAMERAS)
     dev = resolve_device(device)
 
     from pipelines.cameras.dataparsers import load_transforms

@@ -17,16 +17,17 @@ Examples:
 
 from __future__ import annotations
 
-import time
 from enum import Enum
 from pathlib import Path
 
 import typer
 
+from geolrm_cli import options as opt
 from geolrm_cli.console import stages
-from geolrm_cli.options import DEVICE, MESH, MESH_RESOLUTION, TEXTURE, TEXTURE_SIZE
-from pipelines.defaults import MIN_OPACITY
-from pipelines.errors import InputError
+from pipelines.defaults import DEFAULT_SIZE, OPTIMIZE_ITERATIONS, RIG_INPUT_SIZE
+from pipelines.options import ReconOptions
+
+_DEFAULTS = ReconOptions()
 
 
 class Method(str, Enum):
@@ -86,57 +87,50 @@ def recon(
         None,
         "--size",
         help="Model input size in pixels (multiple of 14); views are padded square. Default: "
-        "the rig's (zero123pp 448, sv3d 560, as the official scripts), 448 for your own cameras.",
+        "the rig's ("
+        + ", ".join(f"{k} {v}" for k, v in RIG_INPUT_SIZE.items())
+        + f", as the official scripts), {DEFAULT_SIZE} for your own cameras.",
     ),
-    min_opacity: float = typer.Option(
-        MIN_OPACITY,
-        "--min-opacity",
-        help="Drop GeoLRM's Gaussians below this opacity before saving and rendering, as the "
-        "official scripts do; 0 keeps all.",
-    ),
+    min_opacity: float = opt.MIN_OPACITY_OPTION,
     max_seq_len: int | None = typer.Option(
         None, "--max-seq-len", min=1, help="Anchors kept (default: the config's, 8192 released)."
     ),
     save_raw: bool = typer.Option(
-        False,
+        _DEFAULTS.save_raw,
         "--save-raw",
         help="Also write raw.safetensors: anchors, occupancy logits, raw Gaussians (model frame).",
     ),
-    video: bool = typer.Option(True, "--video/--no-video", help="Write turntable.mp4."),
-    video_frames: int = typer.Option(120, "--video-frames", min=1, help="Turntable frames."),
-    video_resolution: int = typer.Option(
-        512, "--video-resolution", min=16, max=4096, help="Turntable size in pixels."
-    ),
-    fps: int = typer.Option(30, "--fps", min=1, help="Turntable frame rate."),
-    mesh: bool = MESH,
-    mesh_resolution: int = MESH_RESOLUTION,
-    texture: bool = TEXTURE,
-    texture_size: int = TEXTURE_SIZE,
+    video: bool = opt.VIDEO,
+    video_frames: int = opt.VIDEO_FRAMES,
+    video_resolution: int = opt.VIDEO_RESOLUTION,
+    fps: int = opt.FPS,
+    mesh: bool = opt.MESH,
+    mesh_resolution: int = opt.MESH_RESOLUTION,
+    texture: bool = opt.TEXTURE,
+    texture_size: int = opt.TEXTURE_SIZE,
     rig_elevation: float = typer.Option(
-        10.0, "--rig-elevation", help="Elevation in degrees of the sv3d rig's views."
+        _DEFAULTS.rig_elevation,
+        "--rig-elevation",
+        help="Elevation in degrees of the sv3d rig's views.",
     ),
-    official_cameras: bool = typer.Option(
-        False,
-        "--official-cameras",
-        help="With --cameras sv3d: frame i at azimuth i*360/21 as GeoLRM's official script "
-        "assigns (reproduces its output, rotated 17.14 deg about z), instead of (i+1)*360/21, "
-        "the azimuths SV3D generated the frames at.",
-    ),
-    device: str = DEVICE,
+    official_cameras: bool = opt.OFFICIAL_CAMERAS,
+    device: str = opt.DEVICE,
     precision: Precision = typer.Option(
-        Precision.fp32, "--precision", help="fp32, or bf16/fp16 autocast (CUDA only)."
+        Precision(_DEFAULTS.precision),
+        "--precision",
+        help="fp32, or bf16/fp16 autocast (CUDA only).",
     ),
-    seed: int = typer.Option(
-        42, "--seed", help="Seed (anchor subset when above max_seq_len; optimisation samples)."
+    seed: int = opt.seed_option(
+        "Seed (anchor subset when above max_seq_len; optimisation samples)."
     ),
     method: Method = typer.Option(
-        Method.geolrm,
+        Method(_DEFAULTS.method),
         "--method",
         help="geolrm: the feed-forward network (needs its weights). optimize: no network, fit "
         "Gaussians to the views from their visual hull (RGBA views with transparent background).",
     ),
     refine: int = typer.Option(
-        0,
+        _DEFAULTS.refine,
         "--refine",
         min=0,
         help="With --method geolrm: then optimise the Gaussians against the views for N steps.",
@@ -145,10 +139,10 @@ def recon(
         None,
         "--iterations",
         min=1,
-        help="With --method optimize: optimisation steps (default 1500).",
+        help=f"With --method optimize: optimisation steps (default {OPTIMIZE_ITERATIONS}).",
     ),
     resolution: int = typer.Option(
-        256,
+        _DEFAULTS.resolution,
         "--resolution",
         min=16,
         max=4096,
@@ -157,7 +151,7 @@ def recon(
 ) -> None:
     """Reconstruct 3D Gaussians from posed views with GeoLRM.
 
-    Images (PNG/JPEG/WebP, RGBA composited on white, 1 to 32 views) with cameras in a nerfstudio / NeRF transforms.json, in any world frame, or from a named rig (zero123pp, sv3d).
+    Images (PNG/JPEG/WebP, RGBA composited on white; GeoLRM takes 1 to 32 views, --method optimize any number) with cameras in a nerfstudio / NeRF transforms.json, in any world frame, or from a named rig (zero123pp, sv3d).
 
     With --method optimize no network is used: the object is carved from the views' alpha masks (visual hull), Gaussians are sampled on it and fitted to the views (L1 + D-SSIM + mask loss, densification and pruning) for --iterations steps at --resolution pixels. --refine N does the same fit starting from GeoLRM's Gaussians.
 
@@ -180,184 +174,51 @@ def recon(
       geolrm recon tests/fixtures/geolrm_tiny/tiny_views --checkpoint tests/fixtures/geolrm_tiny/geolrm_tiny_weights.safetensors --config examples/tiny/geolrm_tiny_config.json --size 112 -o out/
     """
     from geolrm_cli.console import console, resolve_device
-    from pipelines import reconstruct as rc
+    from pipelines.recon import Recon
 
-    dev = resolve_device(device)
-    rc.resolve_precision(precision.value, dev)
-    optimize = method == Method.optimize
-    if optimize:
-        _check_optimize_options(
-            checkpoint, config, refine, precision, max_seq_len, size, min_opacity
-        )
-    elif iterations is not None:
-        raise InputError(
-            "--iterations applies to --method optimize; with GeoLRM use --refine N to "
-            "optimise its Gaussians for N steps"
-        )
-    else:
-        size = size or rc.default_size(rc.input_rig(views, cameras))
-        rc.check_size(size)
-        rc.check_min_opacity(min_opacity)
-    cams = rc.resolve_inputs(
-        views, cameras, rig_elevation_deg=rig_elevation, official_cameras=official_cameras
+    opts = ReconOptions(
+        cameras=cameras,
+        method=method.value,
+        checkpoint=checkpoint,
+        config=config,
+        size=size,
+        min_opacity=min_opacity,
+        max_seq_len=max_seq_len,
+        save_raw=save_raw,
+        video=video,
+        video_frames=video_frames,
+        video_resolution=video_resolution,
+        fps=fps,
+        mesh=mesh,
+        mesh_resolution=mesh_resolution,
+        texture=texture,
+        texture_size=texture_size,
+        rig_elevation=rig_elevation,
+        official_cameras=official_cameras,
+        device=resolve_device(device),
+        precision=precision.value,
+        seed=seed,
+        refine=refine,
+        iterations=iterations,
+        resolution=resolution,
     )
-    if output is None:
-        base = views if views.is_dir() else views.parent
-        output = base.resolve().parent / f"{base.resolve().name}_recon"
-    protect = list(cams.image_paths or [])
-    if cameras is not None and cameras.lower() not in rc.RIGS:
-        protect.append(Path(cameras))
-    if views.is_file():
-        protect.append(views)
-    elif cameras is None:
-        protect.append(views / "transforms.json")
-    mesh = mesh or texture
-    spec = None
-    if mesh:
-        spec = rc.MeshSpec(
-            resolution=mesh_resolution, texture_size=texture_size if texture else None
-        )
-    rc.check_output_dir(output, protect, save_raw, video, mesh)
-    if optimize:
-        from pipelines.optimize import check_masks
-
-        check_masks(cams)
-    else:
-        config_dict = rc.load_config(config) if config is not None else None
-        weights = rc.resolve_checkpoint(checkpoint)
-
-    t0 = time.perf_counter()
+    job = Recon(views, output, opts)  # every check before any work
     with stages() as (start, advance):
-        if optimize:
-            from pipelines.optimize import DEFAULT_ITERATIONS, optimize_views, to_recon_result
-
-            steps = iterations or DEFAULT_ITERATIONS
-            fitted = optimize_views(
-                cams,
-                resolution=resolution,
-                iterations=steps,
-                seed=seed,
-                device=dev,
-                on_step=_step_reporter(advance),
-                on_stage=start,
-            )
-            result = to_recon_result(fitted)
-            history = fitted.history
-        else:
-            start(f"Loading {len(cams)} views at {size} px")
-            prep = rc.prepare_views(cams, size)
-            start("Loading GeoLRM")
-            model = rc.load_model(weights, config_dict, max_seq_len=max_seq_len, seed=seed)
-            result = rc.reconstruct(
-                prep,
-                model,
-                device=dev,
-                precision=precision.value,
-                seed=seed,
-                on_stage=start,
-                min_opacity=min_opacity,
-            )
-            del model
-            history = []
-            if refine:
-                from pipelines.optimize import refine_result
-
-                report = _step_reporter(advance)
-
-                def on_refine_step(info) -> None:
-                    history.append(info)
-                    report(info)
-
-                result = refine_result(
-                    result,
-                    cams,
-                    refine,
-                    resolution=resolution,
-                    seed=seed,
-                    device=dev,
-                    on_step=on_refine_step,
-                    on_stage=start,
-                )
-        start("Writing outputs")
-        video_started = False
-
-        def on_frame() -> None:  # the files appear together once the video is done
-            nonlocal video_started
-            if not video_started:
-                start(f"Rendering turntable ({video_resolution} px)", video_frames)
-                video_started = True
-            advance()
-
-        mesh_started = False
-
-        def on_mesh_view(n: int) -> None:
-            nonlocal mesh_started
-            if not mesh_started:
-                views = spec.views
-                start(f"Mesh ({mesh_resolution} voxels, {views} views)", views)
-                mesh_started = True
-            advance(n)
-
-        written = rc.write_outputs(
-            result,
-            output,
-            save_raw=save_raw,
-            video=video,
-            video_frames=video_frames,
-            video_resolution=video_resolution,
-            fps=fps,
-            device=dev,
-            protect=protect,
-            on_video_frame=on_frame if video else None,
-            mesh=spec,
-            on_mesh_view=on_mesh_view if mesh else None,
-        )
-    m = result.model_from_user
-    frame = "model frame" if bool((m == _eye()).all()) else "input frame, mapped back"
-    if optimize:
+        run = job.run(on_stage=start, advance=advance, on_step=_step_reporter(advance))
+    scene, history = run.scene, run.scene.history
+    frame = "model frame" if scene.in_model_frame else "input frame, mapped back"
+    if scene.geolrm is None:
         how = f"optimised {len(history)} steps"
     else:
-        how = f"{int(result.anchors.shape[0]):,} anchors"
+        how = f"{int(scene.geolrm.anchors.shape[0]):,} anchors"
         if min_opacity > 0:
-            how += f", {result.dropped:,} dropped below opacity {min_opacity:g}"
+            how += f", {scene.geolrm.dropped:,} dropped below opacity {min_opacity:g}"
         if history:
             how += f", refined {len(history)} steps"
     tail = history[-20:]
     fit = f", training PSNR {sum(h.psnr for h in tail) / len(tail):.2f} dB" if tail else ""
     console.print(
-        f"[green]done:[/] {len(result.gaussians):,} Gaussians from {len(cams)} views "
+        f"[green]done:[/] {len(scene.gaussians):,} Gaussians from {run.views} views "
         f"({how}, {frame}{fit}) in "
-        f"{time.perf_counter() - t0:.1f} s -> {output}/ ({', '.join(p.name for p in written)})"
+        f"{run.seconds:.1f} s -> {run.out_dir}/ ({', '.join(p.name for p in run.files)})"
     )
-
-
-def _check_optimize_options(
-    checkpoint, config, refine, precision, max_seq_len, size, min_opacity
-) -> None:
-    """--method optimize uses no network: refuse the options that only GeoLRM reads."""
-    given = [
-        name
-        for name, used in (
-            ("--checkpoint", checkpoint is not None),
-            ("--config", config is not None),
-            ("--refine", bool(refine)),
-            ("--precision", precision != Precision.fp32),
-            ("--max-seq-len", max_seq_len is not None),
-            ("--size", size is not None),
-            ("--min-opacity", min_opacity != MIN_OPACITY),
-        )
-        if used
-    ]
-    if given:
-        hint = "; use --iterations for the number of steps" if "--refine" in given else ""
-        hint += "; use --resolution for the size the views are fitted at" * ("--size" in given)
-        raise InputError(
-            f"{', '.join(given)} only apply to --method geolrm (--method optimize uses no "
-            f"network){hint}"
-        )
-
-
-def _eye():
-    import torch
-
-    return torch.eye(4, dtype=torch.float64)

@@ -17,6 +17,10 @@ from pathlib import Path
 import typer
 
 from geolrm_cli.options import ASSUME_UP, DEVICE, Up
+from pipelines import layout
+from pipelines.defaults import TurntableConfig
+
+_TURNTABLE = TurntableConfig()
 
 
 class Background(str, Enum):
@@ -48,18 +52,26 @@ def render(
     cameras: Path | None = typer.Option(
         None, "--cameras", help="Render exactly the views of this nerfstudio/NeRF transforms.json."
     ),
-    frames: int = typer.Option(120, "--frames", min=1, help="Turntable frames."),
-    fps: int = typer.Option(30, "--fps", min=1, help="Video frame rate."),
-    elevation: float = typer.Option(20.0, "--elevation", help="Turntable elevation in degrees."),
+    frames: int = typer.Option(_TURNTABLE.frames, "--frames", min=1, help="Turntable frames."),
+    fps: int = typer.Option(_TURNTABLE.fps, "--fps", min=1, help="Video frame rate."),
+    elevation: float = typer.Option(
+        _TURNTABLE.elevation_deg, "--elevation", help="Turntable elevation in degrees."
+    ),
     resolution: int = typer.Option(
-        512, "--resolution", min=16, max=4096, help="Turntable image size in pixels."
+        _TURNTABLE.resolution,
+        "--resolution",
+        min=16,
+        max=4096,
+        help="Turntable image size in pixels.",
     ),
     distance: float | None = typer.Option(
         None,
         "--distance",
         help="Camera distance (default: fit the object's bounds into the frame).",
     ),
-    fov: float = typer.Option(39.6, "--fov", help="Turntable vertical field of view in degrees."),
+    fov: float = typer.Option(
+        _TURNTABLE.fov_deg, "--fov", help="Turntable vertical field of view in degrees."
+    ),
     background: Background = typer.Option(
         Background.white, "--background", help="Background colour."
     ),
@@ -114,7 +126,7 @@ def render(
         if folder.exists() and not folder.is_dir():
             raise InputError(f"{folder} exists and is not a folder; pass a folder or an .mp4 to -o")
         folder.mkdir(parents=True, exist_ok=True)
-    video_path = output if to_file else (folder / "turntable.mp4")
+    video_path = output if to_file else (folder / layout.VIDEO)
 
     sheet_every = max(1, len(cams) // 8)
     sheet_imgs = []

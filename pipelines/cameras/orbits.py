@@ -14,6 +14,7 @@ import torch
 
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.geometry import as_float64, fov_to_focal, poses_from_axes
+from pipelines.defaults import RENDER_FOV_DEG, TURNTABLE_ELEVATION_DEG
 from pipelines.errors import InputError
 
 __all__ = [
@@ -25,9 +26,6 @@ __all__ = [
     "rig_cameras",
 ]
 
-#: The official render fov (``configs/geolrm.yaml``) and turntable elevation.
-RENDER_FOV_DEG = 39.6
-TURNTABLE_ELEVATION_DEG = 20.0
 #: The camera distance of GeoLRM's training renders and rigs.
 MODEL_RADIUS = 1.5
 

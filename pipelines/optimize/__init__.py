@@ -11,37 +11,40 @@ returning the Gaussians in the user's frame too:
 * :func:`refine_result` -- start from GeoLRM's feed-forward Gaussians and fit them to the
   same views (``geolrm recon --refine N``).
 
+Both return a :class:`~pipelines.scene.Scene` (``optimize_views`` its subclass
+:class:`OptimizeResult`, which adds the visual hull). There is no view limit: no network runs.
+
 ::
 
     from pipelines.optimize import optimize_views
     from pipelines.reconstruct import resolve_inputs
 
     cams = resolve_inputs("examples/spot/transforms_train.json")
-    result = optimize_views(cams, resolution=256, iterations=1500, seed=0)
-    result.gaussians  # user frame
+    scene = optimize_views(cams, resolution=256, iterations=1500, seed=0)
+    scene.gaussians  # user frame
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.images import image_has_alpha, load_masks, load_views_and_masks
-from pipelines.cameras.similarity import invert_similarity
+from pipelines.defaults import OPTIMIZE_ITERATIONS, OPTIMIZE_RESOLUTION
+from pipelines.device import stage_device
 from pipelines.errors import InputError
 from pipelines.optimize.trainer import StepInfo, TrainConfig, optimize_gaussians
 from pipelines.optimize.visual_hull import VisualHull, carve_visual_hull, hull_gaussians
+from pipelines.scene import Scene, to_model_frame
 from pipelines.splats.gaussians import Gaussians
 
 __all__ = [
     "DEFAULT_CONFIG",
     "DEFAULT_INIT_GAUSSIANS",
-    "DEFAULT_ITERATIONS",
-    "DEFAULT_RESOLUTION",
     "DEFAULT_THICKNESS",
     "OptimizeResult",
     "StepInfo",
@@ -54,43 +57,28 @@ __all__ = [
     "optimize_gaussians",
     "optimize_views",
     "refine_result",
-    "to_recon_result",
 ]
 
-DEFAULT_ITERATIONS = 1500
-DEFAULT_RESOLUTION = 256
 DEFAULT_INIT_GAUSSIANS = 30_000
 """Gaussians sampled on the visual hull at 256 px (scaled with the pixel count elsewhere)."""
 DEFAULT_THICKNESS = 0.02
 """Initial Gaussians are discs tangent to the hull, this fraction of their radius thick
 (:func:`~pipelines.optimize.visual_hull.hull_gaussians`)."""
 #: Settings tuned on the four bench objects (bench/optimize.py) at 256 px on 2 CPU cores.
-DEFAULT_CONFIG = TrainConfig(iterations=DEFAULT_ITERATIONS)
+DEFAULT_CONFIG = TrainConfig(iterations=OPTIMIZE_ITERATIONS)
 
 
 @dataclass
-class OptimizeResult:
-    """What :func:`optimize_views` returns.
+class OptimizeResult(Scene):
+    """What :func:`optimize_views` returns: a :class:`~pipelines.scene.Scene` (no GeoLRM
+    extras; ``history`` holds one :class:`StepInfo` per step, ``timings`` the stages' seconds;
+    the cameras have intrinsics at the optimisation resolution) and the visual hull.
 
     Attributes:
-        gaussians: the fitted Gaussians in the user's (cameras') frame.
-        gaussians_model: the same in the model frame.
-        model_from_user: ``[4, 4]`` float64 similarity, ``x_model = M x_user``.
-        cameras: the cameras used (user frame, intrinsics at the optimisation resolution).
-        cameras_model: the same in the model frame.
         hull: the visual hull (model frame), or None when starting from given Gaussians.
-        history: one :class:`StepInfo` per step.
-        timings: seconds per stage.
     """
 
-    gaussians: Gaussians
-    gaussians_model: Gaussians
-    model_from_user: torch.Tensor
-    cameras: Cameras
-    cameras_model: Cameras
     hull: VisualHull | None = None
-    history: list[StepInfo] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def check_masks(cams: Cameras) -> None:
@@ -115,12 +103,6 @@ def check_masks(cams: Cameras) -> None:
             )
 
 
-def _to_user(g: Gaussians, m: torch.Tensor) -> Gaussians:
-    if torch.equal(m, torch.eye(4, dtype=torch.float64)):
-        return g
-    return g.to(torch.float64).transformed(invert_similarity(m)).to(torch.float32)
-
-
 def _check_resolution(resolution: int) -> None:
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 16:
         raise InputError(f"--resolution {resolution} is too small; use at least 16 (e.g. 256)")
@@ -128,7 +110,7 @@ def _check_resolution(resolution: int) -> None:
 
 def optimize_views(
     cams: Cameras,
-    resolution: int = DEFAULT_RESOLUTION,
+    resolution: int = OPTIMIZE_RESOLUTION,
     iterations: int | None = None,
     seed: int = 0,
     init: Gaussians | None = None,
@@ -145,7 +127,7 @@ def optimize_views(
     Args:
         cams: cameras with ``image_paths`` (RGBA, transparent background), any frame.
         resolution: square size the views are fitted at (padded square, resized).
-        iterations: optimisation steps (default: the config's, :data:`DEFAULT_ITERATIONS`).
+        iterations: optimisation steps (default: the config's, :data:`~pipelines.defaults.OPTIMIZE_ITERATIONS`).
         seed: seeds the initial samples, the view order and the splits.
         init: starting Gaussians in the **user** frame (None: sample the visual hull).
         config: :class:`TrainConfig` (default :data:`DEFAULT_CONFIG`).
@@ -163,12 +145,10 @@ def optimize_views(
     Returns:
         :class:`OptimizeResult`.
     """
-    from pipelines.device import stage_device
-    from pipelines.reconstruct import check_view_count, to_model_frame
-
     device = stage_device(device, "optimize")  # MPS: the CPU (numba rasteriser)
     _check_resolution(resolution)
-    check_view_count(len(cams))
+    if len(cams) < 1:
+        raise InputError("no views given; give at least one view")
     cfg = config or DEFAULT_CONFIG
     cfg = replace(cfg, seed=int(seed), iterations=int(iterations or cfg.iterations))
     timings: dict[str, float] = {}
@@ -214,34 +194,28 @@ def optimize_views(
         init_model, cams_model, images, masks, cfg, on_step=step_cb, device=device, hull=hull
     )
     timings["optimize"] = time.perf_counter() - t
-    return OptimizeResult(
-        gaussians=_to_user(g_model, m),
-        gaussians_model=g_model,
-        model_from_user=m,
-        cameras=used,
-        cameras_model=cams_model,
-        hull=hull,
-        history=history,
-        timings=timings,
+    return OptimizeResult.from_model_frame(
+        g_model, m, used, cams_model, hull=hull, history=history, timings=timings
     )
 
 
 def refine_result(
-    result,
+    scene: Scene,
     cams: Cameras,
     iterations: int,
-    resolution: int = DEFAULT_RESOLUTION,
+    resolution: int = OPTIMIZE_RESOLUTION,
     seed: int = 0,
     config: TrainConfig | None = None,
     device: str = "cpu",
     on_step: Callable[[StepInfo], None] | None = None,
     on_stage: Callable[..., None] | None = None,
-):
-    """Refine a GeoLRM :class:`~pipelines.reconstruct.ReconResult` against its views.
+) -> Scene:
+    """Refine a scene (GeoLRM's) against its views.
 
-    The feed-forward Gaussians (model frame) are optimised for ``iterations`` steps against the
+    The scene's Gaussians (model frame) are optimised for ``iterations`` steps against the
     views at ``resolution`` (with the mask loss when the views have alpha). Returns a copy of
-    ``result`` with the refined Gaussians (both frames); ``anchors`` / raw tensors are kept.
+    ``scene`` with the refined Gaussians (both frames); its GeoLRM extras (anchors, raw
+    tensors) are kept.
     """
     _check_resolution(resolution)
     cfg = replace(config or DEFAULT_CONFIG, seed=int(seed), iterations=int(iterations))
@@ -249,35 +223,16 @@ def refine_result(
     stage(f"Loading {len(cams)} views at {resolution} px for refinement")
     # views without alpha: masks None, RGB loss only
     images, masks, _ = load_views_and_masks(cams, resolution, require_alpha=False)
-    cams_model = result.cameras_model.resized(resolution, resolution)
+    cams_model = scene.cameras_model.resized(resolution, resolution)
     stage(f"Refining {iterations} steps", int(iterations))
+    history = list(scene.history)
+
+    def step_cb(info: StepInfo) -> None:
+        history.append(info)
+        if on_step is not None:
+            on_step(info)
+
     g_model = optimize_gaussians(
-        result.gaussians_model, cams_model, images, masks, cfg, on_step=on_step, device=device
+        scene.gaussians_model, cams_model, images, masks, cfg, on_step=step_cb, device=device
     )
-    return replace(
-        result, gaussians=_to_user(g_model, result.model_from_user), gaussians_model=g_model
-    )
-
-
-def to_recon_result(result: OptimizeResult):
-    """A :class:`~pipelines.reconstruct.ReconResult` for
-    :func:`~pipelines.reconstruct.write_outputs` (no anchors; the raw tensor holds the
-    activated Gaussians in the model frame, in GeoLRM's layout)."""
-    from pipelines.reconstruct import ReconResult
-
-    g = result.gaussians_model
-    raw = torch.cat(
-        [g.means, g.opacities[:, None], g.scales, g.quats, g.colors.clamp(0.0, 1.0)], -1
-    ).float()
-    return ReconResult(
-        gaussians=result.gaussians,
-        gaussians_model=g,
-        anchors=torch.zeros(0, 3),
-        occupancy_logits=torch.zeros(0, 0, 0),
-        raw_gaussians=raw.contiguous(),
-        model_from_user=result.model_from_user,
-        cameras=result.cameras,
-        cameras_model=result.cameras_model,
-        gs_per_token=0,
-        timings=dict(result.timings),
-    )
+    return scene.with_gaussians(g_model, history=history)
