@@ -24,9 +24,11 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from pipelines.errors import InputError
+from pipelines.weights import ensure
 
 __all__ = ["EPS", "LPIPS", "SCALE", "SHIFT", "TAPS", "VGG16_LAYERS", "load_lpips"]
 
@@ -150,8 +152,6 @@ def _read_state(path: Path) -> dict[str, Tensor]:
         raise InputError(f"{path} not found")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
@@ -170,8 +170,6 @@ def load_lpips(
     Raises:
         InputError: a file is missing (with the ``geolrm weights download`` command) or wrong.
     """
-    from pipelines.weights import ensure
-
     model = LPIPS()
     model.load_trunk(_read_state(Path(trunk) if trunk is not None else ensure("vgg16")))
     model.load_heads(_read_state(Path(heads) if heads is not None else ensure("lpips-vgg")))

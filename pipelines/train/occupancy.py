@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from pipelines.cameras.similarity import apply_similarity, invert_similarity
 
@@ -88,8 +89,6 @@ def voxel_indices(points: torch.Tensor, grid: int) -> torch.Tensor:
 
 def sample_spacing(points: torch.Tensor) -> float:
     """95th percentile of the distance from each point to its nearest neighbour."""
-    from scipy.spatial import cKDTree
-
     pts = torch.as_tensor(points, dtype=torch.float64).numpy()
     if len(pts) < 2:
         return 0.0
