@@ -14,7 +14,6 @@ views facing the surface squarely weigh most) and sized by the distance to their
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.geometry import axis_point, project
 from pipelines.errors import InputError
 from pipelines.splats.gaussians import Gaussians
+from pipelines.threads import torch_threads
 
 __all__ = [
     "VisualHull",
@@ -165,23 +165,7 @@ def _grid(lo: Tensor, hi: Tensor, resolution: int) -> tuple[Tensor, float, tuple
     return pts, voxel, dims  # type: ignore[return-value]
 
 
-def _one_thread(fn):
-    """Run ``fn`` on one torch intra-op thread: its element-wise ops are memory bound, and on
-    a busy machine a second thread mostly waits (several times slower)."""
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(old)
-
-    return wrapped
-
-
-@_one_thread
+@torch_threads(1)  # memory-bound element-wise ops: a second thread mostly waits
 def carve_visual_hull(
     cams: Cameras,
     masks: Tensor,
@@ -341,7 +325,7 @@ def quat_z_to(normals: Tensor) -> Tensor:
     return torch.nn.functional.normalize(q, dim=-1)
 
 
-@_one_thread
+@torch_threads(1)  # memory-bound element-wise ops: a second thread mostly waits
 def hull_gaussians(
     hull: VisualHull,
     cams: Cameras,
