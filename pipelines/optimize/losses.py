@@ -12,28 +12,22 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from pipelines.optimize.config import TrainConfig
+from pipelines.optimize.filters import gaussian_taps
 from pipelines.splats.gaussians import Gaussians
 
 __all__ = ["d_ssim", "fit_loss", "novel_alpha_loss", "psnr_db", "ssim_3dgs"]
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32) -> Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g.to(dtype)
-
-
 def ssim_3dgs(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Mean SSIM of two image batches ``[B, C, H, W]`` in [0, 1] (Gaussian window, separable,
-    zero padding as 3DGS; constants ``(0.01)^2`` and ``(0.03)^2``); differentiable."""
+    zero padding as 3DGS; constants ``(0.01)^2`` and ``(0.03)^2``; ``window`` odd);
+    differentiable."""
     c = x.shape[1]
-    g = _gaussian_window(window, sigma, x.dtype).to(x.device)
+    g = gaussian_taps(window // 2, sigma).to(x.dtype).to(x.device)
     pad = window // 2
 
     def blur(t: Tensor) -> Tensor:

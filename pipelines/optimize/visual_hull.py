@@ -24,6 +24,7 @@ from torch import Tensor
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.geometry import axis_point, project
 from pipelines.errors import InputError
+from pipelines.optimize.filters import gaussian_taps
 from pipelines.splats.gaussians import Gaussians
 from pipelines.threads import torch_threads
 
@@ -241,18 +242,11 @@ def _zbuffers(cams: Cameras, points: Tensor, cell: int) -> tuple[Tensor, int]:
     return zbuf, gw
 
 
-def _gaussian_kernel(sigma: float) -> Tensor:
-    r = max(1, math.ceil(2.5 * sigma))
-    x = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    return k / k.sum()
-
-
 def hull_normals(hull: VisualHull, points: Tensor) -> Tensor:
     """``[N, 3]`` outward unit normals at world points: minus the gradient of the occupancy
     blurred by a Gaussian of 1.5 voxels, trilinearly interpolated."""
     occ = hull.occupied[None, None].double()
-    k = _gaussian_kernel(1.5)
+    k = gaussian_taps(max(1, math.ceil(2.5 * 1.5)), 1.5)
     r = len(k) // 2
     for axis in range(3):
         shape = [1, 1, 1, 1, 1]
