@@ -26,19 +26,17 @@ from pipelines.optimize import (
     optimize_gaussians,
     optimize_views,
 )
-from pipelines.optimize.trainer import (
-    DensifyState,
+from pipelines.optimize.losses import ssim_3dgs
+from pipelines.optimize.ops import (
     clone_gaussians,
-    densify_and_prune,
     new_optimizers,
-    novel_camera,
     params_from_gaussians,
     prune_gaussians,
     reset_opacity,
     split_gaussians,
-    ssim,
-    view_contributions,
 )
+from pipelines.optimize.strategy import DensifyState, densify_and_prune, view_contributions
+from pipelines.optimize.views import novel_camera
 from pipelines.optimize.visual_hull import quat_z_to
 from pipelines.raster import rasterize
 from pipelines.splats.gaussians import Gaussians, quat_to_matrix
@@ -168,13 +166,13 @@ def test_spot_hull_covers_the_ground_truth_surface(spot64) -> None:
 # ------------------------------------------------------------------ losses, densify, prune
 
 
-def test_ssim() -> None:
+def test_ssim_3dgs() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 32, 32, generator=gen)
-    assert abs(float(ssim(x, x)) - 1.0) < 1e-5
+    assert abs(float(ssim_3dgs(x, x)) - 1.0) < 1e-5
     y = (x + 0.2 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
-    assert float(ssim(x, y)) < 0.9
-    assert float(ssim(x, y)) == pytest.approx(float(ssim(y, x)), abs=1e-6)
+    assert float(ssim_3dgs(x, y)) < 0.9
+    assert float(ssim_3dgs(x, y)) == pytest.approx(float(ssim_3dgs(y, x)), abs=1e-6)
 
 
 def _toy(n: int = 6) -> tuple[dict, dict]:
@@ -613,17 +611,17 @@ def test_optimizer_on_cuda(spot64, spot_init) -> None:
 
 
 def _training_render(spot64, spot_init, dev: str, backend: str) -> list[torch.Tensor]:
-    """rgb, alpha, depth of the trainer's own render of two views (one on a coloured
-    background) and the gradient of ``sum(depth * alpha)`` w.r.t. the means."""
-    from pipelines.optimize.trainer import _render
-
+    """rgb, alpha, depth of the trainer's render (``rasterize(..., with_meta=True)``) of two
+    views (one on a coloured background) and the gradient of ``sum(depth * alpha)`` w.r.t. the
+    means."""
     cams, _, _ = spot64
     idx = torch.tensor([0, 7])
     g = spot_init.to(dev)
     means = g.means.clone().requires_grad_(True)
     bg = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.4, 0.6]], device=dev)
     c2w, K = cams.c2w[idx].to(dev), cams.K[idx].to(dev)
-    rgb, alpha, _, _, depth = _render(g.with_(means=means), c2w, K, 64, 64, bg, backend, True)
+    out = rasterize(g.with_(means=means), c2w, K, 64, 64, bg, backend=backend, with_meta=True)
+    rgb, alpha, depth = out.rgb, out.alpha, out.depth
     (depth * alpha).sum().backward()
     return [t.detach().cpu() for t in (rgb, alpha, depth, means.grad)]
 

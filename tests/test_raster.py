@@ -516,3 +516,99 @@ def test_gsplat_matches_cpu_backend_forward_and_gradients():
         a, b = grads["gsplat"][k].flatten(), grads["cpu"][k].flatten()
         cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
         assert cos > 0.99, (k, cos)
+
+
+# ----------------------------------------------------------------------------- 5. meta
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_meta_off_is_none_and_leaves_the_images_unchanged(backend):
+    g = random_scene(150, 21, sh_degree=1)
+    c2w, K = two_cameras()
+    plain = rasterize(g, c2w, K, W, H, (0.2, 0.3, 0.4), backend=backend)
+    assert plain.meta is None
+    with_meta = rasterize(g, c2w, K, W, H, (0.2, 0.3, 0.4), backend=backend, with_meta=True)
+    for name in ("rgb", "alpha", "depth"):
+        assert torch.equal(getattr(plain, name), getattr(with_meta, name)), name
+    meta = with_meta.meta
+    n = len(g)
+    assert meta.means2d.shape == (2, n, 2) and meta.radii.shape == (2, n, 2)
+    assert meta.depths.shape == (2, n) and meta.visible.shape == (2, n)
+    assert torch.equal(meta.visible, (meta.radii > 0).all(-1))
+    assert 0 < int(meta.visible.sum()) < 2 * n  # some Gaussians are culled (see random_scene)
+
+
+def test_meta_agrees_between_cpu_and_reference():
+    g = random_scene(300, 22)
+    c2w, K = two_cameras()
+    cpu = rasterize(g, c2w, K, W, H, backend="cpu", with_meta=True).meta
+    ref = rasterize(g, c2w, K, W, H, backend="reference", with_meta=True).meta
+    assert torch.equal(cpu.means2d, ref.means2d)  # the fused projection is a bit-exact twin
+    assert torch.equal(cpu.depths, ref.depths)
+    torch.testing.assert_close(cpu.radii, ref.radii, rtol=1e-5, atol=1e-5)
+    assert torch.equal(cpu.visible, ref.visible)
+    # the meta is the backends' own projection
+    vm = viewmats_from_c2w(c2w.double()).float()
+    proj = project(g.means, g.quats, g.scales, g.opacities, vm, K, W, H)
+    assert torch.equal(ref.means2d, proj.means2d) and torch.equal(ref.radii, proj.radii)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_meta_means2d_receives_the_gradient(backend):
+    """``meta.means2d.grad`` after backward is d loss / d means2d (what densification reads):
+    present, non-zero for many Gaussians and for none off screen; the means get theirs too."""
+    g = random_scene(120, 23)
+    c2w, K = two_cameras()
+    means = g.means.clone().requires_grad_(True)
+    gen = torch.Generator().manual_seed(1)
+    w_rgb = torch.rand(2, H, W, 3, generator=gen)
+    out = rasterize(g.with_(means=means), c2w, K, W, H, backend=backend, with_meta=True)
+    (out.rgb * w_rgb).sum().backward()
+    grad = out.meta.means2d.grad
+    assert grad is not None and grad.shape == (2, len(g), 2)
+    moved = grad.abs().sum(-1) > 0
+    assert int(moved.sum()) > 50
+    assert not bool((moved & ~out.meta.visible).any())  # off-screen Gaussians get nothing
+    assert means.grad is not None and float(means.grad.abs().sum()) > 0
+
+
+def test_meta_of_empty_gaussians():
+    c2w, K = two_cameras()
+    out = rasterize(random_scene(10, 0)[:0], c2w, K, W, H, backend="cpu", with_meta=True)
+    assert out.meta.means2d.shape == (2, 0, 2) and out.meta.visible.shape == (2, 0)
+
+
+def test_gsplat_meta_with_a_stand_in_gsplat(monkeypatch):
+    """With ``with_meta`` the CUDA backend asks gsplat for unpacked output ([C, N] per-camera
+    arrays) and builds the meta from gsplat's ``info`` (its means2d keeps the gradient)."""
+    import sys
+    import types
+
+    from pipelines.raster.cuda import rasterize_gsplat
+
+    seen = {}
+
+    def rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kw):
+        seen.update(kw)
+        proj = project(
+            means, quats, scales, opacities, viewmats, Ks, width, height,
+            kw["near_plane"], kw["far_plane"],
+        )  # fmt: skip
+        feats = torch.cat([colors, proj.depths[..., None]], -1)
+        acc, alpha = rasterize_reference(proj, feats, opacities, width, height)
+        render = torch.cat([acc[..., :3], acc[..., 3:] / alpha.clamp(min=1e-10)], -1)
+        radii = torch.ceil(proj.radii).int()  # gsplat 1.5: [C, N, 2] int32
+        return render, alpha, {"means2d": proj.means2d, "radii": radii, "depths": proj.depths}
+
+    monkeypatch.setitem(sys.modules, "gsplat", types.SimpleNamespace(rasterization=rasterization))
+    g = random_scene(100, 24)
+    c2w, K = two_cameras()
+    bg = torch.ones(2, 3)
+    means = g.means.clone().requires_grad_(True)
+    out = rasterize_gsplat(g.with_(means=means), c2w, K, W, H, bg, 0.01, 1e4, with_meta=True)
+    assert seen["packed"] is False
+    assert out.meta.radii.dtype == torch.float32 and out.meta.radii.shape == (2, len(g), 2)
+    out.rgb.sum().backward()
+    assert out.meta.means2d.grad is not None
+    ref = rasterize(g, c2w, K, W, H, bg, backend="cpu", with_meta=True)
+    assert torch.equal(out.meta.visible, ref.meta.visible)
+    plain = rasterize_gsplat(g, c2w, K, W, H, bg, 0.01, 1e4)
+    assert plain.meta is None and seen["packed"] is True

@@ -161,12 +161,12 @@ def optimize_views(
     timings["load"] = time.perf_counter() - t
 
     hull = None
-    from pipelines.optimize.trainer import _threads
+    from pipelines.threads import torch_threads
 
     if init is None:
         t = time.perf_counter()
         stage("Carving the visual hull")
-        with _threads(1, str(device) == "cpu"):
+        with torch_threads(1 if str(device) == "cpu" else None):
             if n_init is None:
                 n_init = int(
                     min(100_000, max(2_000, DEFAULT_INIT_GAUSSIANS * (resolution / 256) ** 2))

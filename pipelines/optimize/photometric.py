@@ -23,6 +23,7 @@ from torch import Tensor
 from pipelines.cameras.geometry import project
 
 __all__ = [
+    "PhotometricTerm",
     "backproject",
     "blur",
     "neighbour_views",
@@ -144,3 +145,61 @@ def photometric_consistency(
         weight = ok.to(depth.dtype)
     diff = (_sample(others, uv) - ref).abs().sum(-1)  # [M, P]
     return (diff * weight).sum() / (3 * weight.sum()).clamp(min=1.0)
+
+
+class PhotometricTerm:
+    """The multi-view photometric term of the fit over V training views: blurred photos, each
+    view's neighbours, and the last rendered depth of every view (for the occlusion test).
+
+    Args:
+        rgb: ``[V, H, W, 3]`` photos; alpha: ``[V, H, W, 1]`` masks or None (all solid).
+        c2w, K: ``[V, 4, 4]``, ``[V, 3, 3]`` the views' cameras.
+        neighbours: how many nearest views each view is compared with (:func:`neighbour_views`).
+        blur_px: Gaussian blur of the photos (:func:`blur`).
+    """
+
+    def __init__(
+        self,
+        rgb: Tensor,
+        alpha: Tensor | None,
+        c2w: Tensor,
+        K: Tensor,
+        neighbours: int,
+        blur_px: float,
+    ):
+        self.c2w, self.K = c2w, K
+        self.images = blur(rgb.permute(0, 3, 1, 2), blur_px)
+        masks = torch.ones_like(self.images[:, 0]) if alpha is None else alpha[..., 0]
+        # solid interiors only, in the reference and where the warp lands
+        self.solid = solid_pixels(masks)
+        self.neighbours = neighbour_views(c2w, neighbours)
+        self.depths = torch.zeros_like(masks)
+
+    def loss(self, views: list[int], depth: Tensor, alpha: Tensor, active: bool) -> Tensor:
+        """Mean over the rendered ``views`` of :func:`photometric_consistency` (0 where
+        ``active`` is False or a view has no neighbour); records each view's depth.
+
+        Args:
+            views: indices of the B rendered views. depth, alpha: ``[B, H, W, 1]`` renders
+                (depth differentiable).
+        """
+        total = depth.new_zeros(())
+        for k, v in enumerate(views):
+            d = depth[k, ..., 0]
+            if active and self.neighbours[v]:
+                nb = self.neighbours[v]
+                valid = (self.solid[v] > 0.5) & (alpha[k, ..., 0].detach() > 0.9) & (d.detach() > 0)
+                total = total + photometric_consistency(
+                    d,
+                    valid,
+                    self.images[v],
+                    self.c2w[v],
+                    self.K[v],
+                    self.images[nb],
+                    self.solid[nb],
+                    self.depths[nb],
+                    self.c2w[nb],
+                    self.K[nb],
+                )
+            self.depths[v] = d.detach()
+        return total / len(views)

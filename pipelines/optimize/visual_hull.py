@@ -14,7 +14,6 @@ views facing the surface squarely weigh most) and sized by the distance to their
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -25,7 +24,9 @@ from torch import Tensor
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.geometry import axis_point, project
 from pipelines.errors import InputError
+from pipelines.optimize.filters import gaussian_taps
 from pipelines.splats.gaussians import Gaussians
+from pipelines.threads import torch_threads
 
 __all__ = [
     "VisualHull",
@@ -165,23 +166,7 @@ def _grid(lo: Tensor, hi: Tensor, resolution: int) -> tuple[Tensor, float, tuple
     return pts, voxel, dims  # type: ignore[return-value]
 
 
-def _one_thread(fn):
-    """Run ``fn`` on one torch intra-op thread: its element-wise ops are memory bound, and on
-    a busy machine a second thread mostly waits (several times slower)."""
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(old)
-
-    return wrapped
-
-
-@_one_thread
+@torch_threads(1)  # memory-bound element-wise ops: a second thread mostly waits
 def carve_visual_hull(
     cams: Cameras,
     masks: Tensor,
@@ -257,18 +242,11 @@ def _zbuffers(cams: Cameras, points: Tensor, cell: int) -> tuple[Tensor, int]:
     return zbuf, gw
 
 
-def _gaussian_kernel(sigma: float) -> Tensor:
-    r = max(1, math.ceil(2.5 * sigma))
-    x = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    return k / k.sum()
-
-
 def hull_normals(hull: VisualHull, points: Tensor) -> Tensor:
     """``[N, 3]`` outward unit normals at world points: minus the gradient of the occupancy
     blurred by a Gaussian of 1.5 voxels, trilinearly interpolated."""
     occ = hull.occupied[None, None].double()
-    k = _gaussian_kernel(1.5)
+    k = gaussian_taps(max(1, math.ceil(2.5 * 1.5)), 1.5)
     r = len(k) // 2
     for axis in range(3):
         shape = [1, 1, 1, 1, 1]
@@ -341,7 +319,7 @@ def quat_z_to(normals: Tensor) -> Tensor:
     return torch.nn.functional.normalize(q, dim=-1)
 
 
-@_one_thread
+@torch_threads(1)  # memory-bound element-wise ops: a second thread mostly waits
 def hull_gaussians(
     hull: VisualHull,
     cams: Cameras,

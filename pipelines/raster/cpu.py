@@ -131,6 +131,30 @@ def _jacobian_rows(cam, c, x, y, inv_z):
     return xr, yr, xcl, ycl, (t00, t01, t02), (t10, t11, t12)
 
 
+@_jit()
+def _covar2d(sig, t0, t1, eps, one):
+    """Dilated 2D covariance ``T Sigma T^T + eps I`` (rows t0, t1 of T = J R) and its inverse
+    determinant, in the float order of :func:`pipelines.raster.project.project`.
+
+    Returns ``(Sigma t (6: Sigma t0, Sigma t1), cov_a, cov_b, cov_c, det_ok, inv_det)``
+    (``inv_det`` is 1 where the determinant is not positive).
+    """
+    s00, s01, s02, s11, s12, s22 = sig
+    st00 = s00 * t0[0] + s01 * t0[1] + s02 * t0[2]
+    st01 = s01 * t0[0] + s11 * t0[1] + s12 * t0[2]
+    st02 = s02 * t0[0] + s12 * t0[1] + s22 * t0[2]
+    st10 = s00 * t1[0] + s01 * t1[1] + s02 * t1[2]
+    st11 = s01 * t1[0] + s11 * t1[1] + s12 * t1[2]
+    st12 = s02 * t1[0] + s12 * t1[1] + s22 * t1[2]
+    cov_a = t0[0] * st00 + t0[1] * st01 + t0[2] * st02 + eps
+    cov_b = t0[0] * st10 + t0[1] * st11 + t0[2] * st12
+    cov_c = t1[0] * st10 + t1[1] * st11 + t1[2] * st12 + eps
+    det = cov_a * cov_c - cov_b * cov_b
+    det_ok = det > one - one
+    inv_det = one / (det if det_ok else one)
+    return (st00, st01, st02, st10, st11, st12), cov_a, cov_b, cov_c, det_ok, inv_det
+
+
 @_jit(parallel=True, fastmath=False)
 def _project_fwd_kernel(means, quats, scales, opac, cam, consts, width, height):
     """Fused EWA projection (float math identical to pipelines.raster.project.project).
@@ -142,7 +166,6 @@ def _project_fwd_kernel(means, quats, scales, opac, cam, consts, width, height):
     n_cam = cam.shape[0]
     eps, near, far, amin = consts[_P_EPS], consts[_P_NEAR], consts[_P_FAR], consts[_P_AMIN]
     one, two = consts[_P_ONE], consts[_P_TWO]
-    zero = one - one
     dt = means.dtype
     m2d = np.empty((n_cam, n, 2), dtype=dt)
     con = np.empty((n_cam, n, 3), dtype=dt)
@@ -154,25 +177,13 @@ def _project_fwd_kernel(means, quats, scales, opac, cam, consts, width, height):
     lim_hi = max(width, height) + 2.0
     for i in prange(n):
         _, _, sig = _covar3d(quats, scales, i, one, two)
-        s00, s01, s02, s11, s12, s22 = sig
         o = opac[i]
         for c in range(n_cam):
             x, y, z, in_range, inv_z = _camera_space(means, cam, i, c, one, near, far)
             u = cam[c, 12] * x * inv_z + cam[c, 14]
             v = cam[c, 13] * y * inv_z + cam[c, 15]
             _, _, _, _, t0, t1 = _jacobian_rows(cam, c, x, y, inv_z)
-            st00 = s00 * t0[0] + s01 * t0[1] + s02 * t0[2]
-            st01 = s01 * t0[0] + s11 * t0[1] + s12 * t0[2]
-            st02 = s02 * t0[0] + s12 * t0[1] + s22 * t0[2]
-            st10 = s00 * t1[0] + s01 * t1[1] + s02 * t1[2]
-            st11 = s01 * t1[0] + s11 * t1[1] + s12 * t1[2]
-            st12 = s02 * t1[0] + s12 * t1[1] + s22 * t1[2]
-            cov_a = t0[0] * st00 + t0[1] * st01 + t0[2] * st02 + eps
-            cov_b = t0[0] * st10 + t0[1] * st11 + t0[2] * st12
-            cov_c = t1[0] * st10 + t1[1] * st11 + t1[2] * st12 + eps
-            det = cov_a * cov_c - cov_b * cov_b
-            det_ok = det > zero
-            inv_det = one / (det if det_ok else one)
+            _, cov_a, cov_b, cov_c, det_ok, inv_det = _covar2d(sig, t0, t1, eps, one)
             ca = cov_c * inv_det
             cb = -cov_b * inv_det
             cc = cov_a * inv_det
@@ -282,18 +293,8 @@ def _project_bwd_kernel(means, quats, scales, cam, consts, g_m2d, g_con, g_depth
             x, y, z, in_range, inv_z = _camera_space(means, cam, i, c, one, near, far)
             fx, fy = cam[c, 12], cam[c, 13]
             xr, yr, xcl, ycl, t0, t1 = _jacobian_rows(cam, c, x, y, inv_z)
-            st00 = s00 * t0[0] + s01 * t0[1] + s02 * t0[2]
-            st01 = s01 * t0[0] + s11 * t0[1] + s12 * t0[2]
-            st02 = s02 * t0[0] + s12 * t0[1] + s22 * t0[2]
-            st10 = s00 * t1[0] + s01 * t1[1] + s02 * t1[2]
-            st11 = s01 * t1[0] + s11 * t1[1] + s12 * t1[2]
-            st12 = s02 * t1[0] + s12 * t1[1] + s22 * t1[2]
-            cov_a = t0[0] * st00 + t0[1] * st01 + t0[2] * st02 + eps
-            cov_b = t0[0] * st10 + t0[1] * st11 + t0[2] * st12
-            cov_c = t1[0] * st10 + t1[1] * st11 + t1[2] * st12 + eps
-            det = cov_a * cov_c - cov_b * cov_b
-            det_ok = det > zero
-            inv_det = one / (det if det_ok else one)
+            st, cov_a, cov_b, cov_c, det_ok, inv_det = _covar2d(sig, t0, t1, eps, one)
+            st00, st01, st02, st10, st11, st12 = st
             # conic = (cov_c, -cov_b, cov_a) * inv_det
             g_inv_det = gca * cov_c - gcb * cov_b + gcc * cov_a
             g_cov_a = gcc * inv_det
@@ -550,6 +551,35 @@ def _row_span(base, b_a, cut2_a, det_a2, dy, lx0, lx1):
     return lo, hi
 
 
+@_jit()
+def _tile_of(item, n_tiles, tiles_x, width, height):
+    """Camera, pixel origin and size ``(cam, x0, y0, tw, th)`` of work item ``item`` (a
+    (camera, tile) pair numbered camera-major)."""
+    cam = item // n_tiles
+    tile = item - cam * n_tiles
+    ty = tile // tiles_x
+    tx = tile - ty * tiles_x
+    x0, y0 = tx * TILE, ty * TILE
+    return cam, x0, y0, min(TILE, width - x0), min(TILE, height - y0)
+
+
+@_jit()
+def _splat(gs, g):
+    """Centre, conic, opacity and cut-off ``(mx, my, a, b, c, o, cutoff)`` of record ``g``."""
+    return gs[g, _MX], gs[g, _MY], gs[g, _CA], gs[g, _CB], gs[g, _CC], gs[g, _OP], gs[g, _CUT]
+
+
+@_jit()
+def _box_in_tile(gs, g, x0, y0, tw, th):
+    """The pixel box of record ``g`` in the local coordinates of the tile at ``(x0, y0)`` of
+    size ``tw x th``, clipped to it: ``(lx0, lx1, ly0, ly1)`` inclusive."""
+    lx0 = max(np.int64(gs[g, _RECT]) - x0, 0)
+    lx1 = min(np.int64(gs[g, _RECT + 1]) - x0, tw - 1)
+    ly0 = max(np.int64(gs[g, _RECT + 2]) - y0, 0)
+    ly1 = min(np.int64(gs[g, _RECT + 3]) - y0, th - 1)
+    return lx0, lx1, ly0, ly1
+
+
 @_jit(parallel=True, fastmath=False)
 def _forward_kernel(gs, offsets, ids, part_ptr, part_items, bg, width, height, tiles_x, consts):
     """Front-to-back compositing, one tile at a time; prange over balanced tile partitions.
@@ -590,12 +620,7 @@ def _forward_kernel(gs, offsets, ids, part_ptr, part_items, bg, width, height, t
         for it in range(part_ptr[part], part_ptr[part + 1]):
             item = part_items[it]
             start, end = offsets[item], offsets[item + 1]
-            cam = item // n_tiles
-            tile = item - cam * n_tiles
-            ty = tile // tiles_x
-            tx = tile - ty * tiles_x
-            x0, y0 = tx * TILE, ty * TILE
-            tw, th = min(TILE, width - x0), min(TILE, height - y0)
+            cam, x0, y0, tw, th = _tile_of(item, n_tiles, tiles_x, width, height)
             for i in range(TILE):
                 pxc[i] = x0 + i + 0.5
                 pyc[i] = y0 + i + 0.5
@@ -612,14 +637,9 @@ def _forward_kernel(gs, offsets, ids, part_ptr, part_items, bg, width, height, t
                 if n_left == 0:
                     break
                 g = ids[k]
-                mx, my = gs[g, _MX], gs[g, _MY]
-                ca, cb, cc = gs[g, _CA], gs[g, _CB], gs[g, _CC]
-                o, cut = gs[g, _OP], gs[g, _CUT]
+                mx, my, ca, cb, cc, o, cut = _splat(gs, g)
                 f0, f1, f2, f3 = gs[g, _F0], gs[g, _F0 + 1], gs[g, _F0 + 2], gs[g, _F0 + 3]
-                lx0 = max(np.int64(gs[g, _RECT]) - x0, 0)
-                lx1 = min(np.int64(gs[g, _RECT + 1]) - x0, tw - 1)
-                ly0 = max(np.int64(gs[g, _RECT + 2]) - y0, 0)
-                ly1 = min(np.int64(gs[g, _RECT + 3]) - y0, th - 1)
+                lx0, lx1, ly0, ly1 = _box_in_tile(gs, g, x0, y0, tw, th)
                 base, b_a, cut2_a, det_a2 = _span_setup(mx, ca, cb, cc, cut, x0)
                 for ly in range(ly0, ly1 + 1):
                     if row_left[ly] == 0:
@@ -721,12 +741,7 @@ def _backward_kernel(
         for it in range(part_ptr[part], part_ptr[part + 1]):
             item = part_items[it]
             start, end = offsets[item], offsets[item + 1]
-            cam = item // n_tiles
-            tile = item - cam * n_tiles
-            ty = tile // tiles_x
-            tx = tile - ty * tiles_x
-            x0, y0 = tx * TILE, ty * TILE
-            tw, th = min(TILE, width - x0), min(TILE, height - y0)
+            cam, x0, y0, tw, th = _tile_of(item, n_tiles, tiles_x, width, height)
             for i in range(TILE):
                 pxc[i] = x0 + i + 0.5
                 pyc[i] = y0 + i + 0.5
@@ -768,14 +783,9 @@ def _backward_kernel(
                     gbuf[k, j] = zero
             for k in range(k_max, start - 1, -1):
                 g = ids[k]
-                mx, my = gs[g, _MX], gs[g, _MY]
-                ca, cb, cc = gs[g, _CA], gs[g, _CB], gs[g, _CC]
-                o, cut = gs[g, _OP], gs[g, _CUT]
+                mx, my, ca, cb, cc, o, cut = _splat(gs, g)
                 f0, f1, f2, f3 = gs[g, _F0], gs[g, _F0 + 1], gs[g, _F0 + 2], gs[g, _F0 + 3]
-                lx0 = max(np.int64(gs[g, _RECT]) - x0, 0)
-                lx1 = min(np.int64(gs[g, _RECT + 1]) - x0, tw - 1)
-                ly0 = max(np.int64(gs[g, _RECT + 2]) - y0, 0)
-                ly1 = min(np.int64(gs[g, _RECT + 3]) - y0, th - 1)
+                lx0, lx1, ly0, ly1 = _box_in_tile(gs, g, x0, y0, tw, th)
                 g_mx = zero
                 g_my = zero
                 g_a = zero

@@ -19,7 +19,6 @@ Conventions:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -290,8 +289,3 @@ def pixel_rects(
     x1 = torch.where(alive, x1, torch.full_like(x1, -1))
     y1 = torch.where(alive, y1, torch.full_like(y1, -1))
     return x0, x1, y0, y1
-
-
-def focal_from_fov(fov_deg: float, size: int) -> float:
-    """Focal length in pixels for a field of view (degrees) across ``size`` pixels."""
-    return 0.5 * size / math.tan(math.radians(fov_deg) / 2)

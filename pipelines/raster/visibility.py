@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from pipelines.raster.project import project, viewmats_from_c2w
+from pipelines.raster.rasterize import rasterize
 from pipelines.splats.gaussians import Gaussians
 
 __all__ = ["Visibility", "footprint", "view_contributions", "view_visibility"]
@@ -30,8 +32,6 @@ def footprint(g: Gaussians, c2w: Tensor, K: Tensor, width: int, height: int) -> 
         K: ``[1, 3, 3]`` intrinsics in pixels.
         width, height: image size in pixels.
     """
-    from pipelines.raster.project import project, viewmats_from_c2w
-
     with torch.no_grad():
         viewmats = viewmats_from_c2w(c2w.double()).to(g.means.dtype)
         proj = project(g.means, g.quats, g.scales, g.opacities, viewmats, K, width, height)
@@ -73,8 +73,6 @@ def view_visibility(
         width, height: image size in pixels.
         backend: raster backend (see :func:`pipelines.raster.rasterize`).
     """
-    from pipelines.raster import rasterize
-
     colors = torch.full_like(g.colors.detach(), 0.5).requires_grad_(True)
     probe = replace(g.detach(), colors=colors, sh_rest=None)
     best = torch.zeros(len(g), device=g.means.device)
