@@ -84,9 +84,10 @@ def mesh_metrics(gaussians, cams, folder: Path, device: str = "cpu") -> dict:
     """Chamfer / F-score of the Gaussians' TSDF mesh and of a 160^3 visual hull."""
     import numpy as np
 
+    from pipelines.cameras.images import load_masks
     from pipelines.evaluate import chamfer_fscore, sample_mesh_points
     from pipelines.mesh import fill_unseen, gaussians_to_mesh
-    from pipelines.optimize import carve_visual_hull, load_masks
+    from pipelines.optimize import carve_visual_hull
 
     gt = np.load(folder / "points.npy")
     t = time.perf_counter()

@@ -58,8 +58,13 @@ from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.dataparsers import load_transforms
 from pipelines.cameras.images import read_view
 from pipelines.defaults import EvalConfig
+from pipelines.device import stage_device
 from pipelines.errors import InputError
+from pipelines.mesh.export import DEFAULT_UP
+from pipelines.raster import rasterize
+from pipelines.splats.frames import world_to_file
 from pipelines.splats.gaussians import Gaussians
+from pipelines.splats.io import load_gaussians
 
 __all__ = [
     "GT_MASK_THRESHOLD",
@@ -292,8 +297,6 @@ def load_mesh(path: str | Path, up: str | None = None):
         up: the file's up axis (``"z"``, ``"y"``, ``"-y"``); None = what ``geolrm mesh`` writes
             for the extension (y for .glb/.obj, z for .ply; z for other formats).
     """
-    from pipelines.mesh.export import DEFAULT_UP
-    from pipelines.splats.frames import world_to_file
 
     path = Path(path)
     if not path.is_file():
@@ -490,8 +493,6 @@ def evaluate_gaussians(
         Means ``psnr_white``, ``psnr_masked``, ``ssim``, ``lpips`` (None when skipped, with
         ``lpips_skipped``), and ``per_view``: a list of the same values per view with its name.
     """
-    from pipelines.device import stage_device
-    from pipelines.raster import rasterize
 
     n, h, w = len(cams), cams.height, cams.width
     if gt_images.shape != (n, h, w, 3):
@@ -635,7 +636,6 @@ def evaluate_inputs(
     on_mesh: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` on resolved inputs (``on_mesh`` is called before the mesh metrics)."""
-    from pipelines.splats.io import load_gaussians
 
     if n_points < 1:
         raise InputError(f"--points must be at least 1, got {n_points}")

@@ -47,19 +47,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from pipelines import layout
+from pipelines import preprocess as pp
+from pipelines import reconstruct as rc
 from pipelines.defaults import MV_DEFAULTS
 from pipelines.device import device_type, diffusion_dtype, run_stage
 from pipelines.errors import InputError
+from pipelines.io_utils import atomic_path
+from pipelines.mesh.texture import check_texture_size
 from pipelines.multiview.rigs import (
     sv3d_cameras,
     sv3d_view_indices,
     zero123pp_cameras,
     zero123pp_view_indices,
 )
+from pipelines.optimize import refine_result
 from pipelines.options import GenOptions
 from pipelines.outputs import Staging, write_mesh, write_scene
+from pipelines.threads import start_numba
+from pipelines.weights import artifact, ensure, licence_notice
 
 __all__ = [
     "GenOptions",
@@ -191,21 +199,17 @@ def _measure(stats: list[StageStat], name: str, device: str) -> Iterator[None]:
 
 def list_photos(folder: PathLike) -> list[Path]:
     """The photos directly in ``folder`` (PNG/JPEG/WebP, natural order)."""
-    from pipelines.reconstruct import list_images
 
-    return list_images(folder)
+    return rc.list_images(folder)
 
 
 def _save_png(path: Path, image) -> None:
-    from pipelines.io_utils import atomic_path
-
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
 
 
 def _sheet(images: list, columns: int):
     """Views tiled without gaps (Zero123++'s own grid layout when columns = 2)."""
-    from PIL import Image
 
     w, h = images[0].size
     rows = -(-len(images) // columns)
@@ -256,12 +260,8 @@ class _Zero123pp:
                     "model_index.json); pass the sudo-ai/zero123plus-v1.2 snapshot folder"
                 )
         else:
-            from pipelines.weights import ensure
-
             self.folder = ensure("zero123pp")
         if unet == "instantmesh":
-            from pipelines.weights import ensure
-
             self.unet_file = ensure("instantmesh-unet")
         elif unet != "original":
             self.unet_file = Path(unet)
@@ -278,7 +278,7 @@ class _Zero123pp:
         return ["zero123pp"] + (["instantmesh-unet"] if self.opts.unet == "instantmesh" else [])
 
     def load(self) -> None:
-        from pipelines.multiview.zero123pp import Zero123PlusPipeline
+        from pipelines.multiview.zero123pp import Zero123PlusPipeline  # diffusers: lazy
 
         self.pipe = Zero123PlusPipeline.from_pretrained(
             self.folder, self.unet_file, self.device, self.dtype, self.offload
@@ -315,8 +315,6 @@ class _SV3D:
             if not self.path.exists():
                 raise InputError(f"--mv-weights {self.path}: no such file or folder")
         else:
-            from pipelines.weights import ensure
-
             self.path = ensure("sv3d-p")
         self.background = (255, 255, 255)
         self.pipe = None
@@ -326,7 +324,7 @@ class _SV3D:
         return ["sv3d-p"]
 
     def load(self) -> None:
-        from pipelines.multiview.sv3d import SV3DPipeline
+        from pipelines.multiview.sv3d import SV3DPipeline  # diffusers: lazy
 
         self.pipe = SV3DPipeline.from_pretrained(self.path, self.device, self.dtype, self.offload)
 
@@ -359,8 +357,6 @@ class Generator:
     and stay loaded for the next photos."""
 
     def __init__(self, opts: GenOptions) -> None:
-        from pipelines import reconstruct as rc
-
         if opts.mv not in MV_DEFAULTS:
             raise InputError(f"unknown --mv {opts.mv!r}; use {' or '.join(MV_DEFAULTS)}")
         self.opts = opts
@@ -391,8 +387,6 @@ class Generator:
         if not 0.0 < opts.foreground_ratio <= 1.0:
             raise InputError(f"--foreground-ratio must be in (0, 1], got {opts.foreground_ratio}")
         if opts.texture_size is not None:
-            from pipelines.mesh.texture import check_texture_size
-
             if not opts.mesh:
                 raise InputError("a mesh texture needs the mesh; add --mesh")
             check_texture_size(opts.texture_size)
@@ -410,19 +404,12 @@ class Generator:
         # thread count; each run starts from the count seen here so that every photo of a
         # folder gets the same numerics as a single run
         self.threads = torch.get_num_threads()
-        try:  # start numba's OpenMP pool now (its first parallel launch resets the count)
-            import numba
-
-            numba.get_num_threads()
-        except Exception:  # pragma: no cover - numba is a dependency; never fatal
-            pass
-        torch.set_num_threads(self.threads)
+        start_numba()  # numba's pool starts now, torch's count kept (pipelines.threads)
 
     # -- helpers ------------------------------------------------------------------------------
 
     def licence_notes(self) -> list[str]:
         """One line per non-commercial licence of the weights in use (registry weights)."""
-        from pipelines.weights import artifact, licence_notice
 
         if self.opts.mv_weights is not None and self.opts.mv == "sv3d":
             return [licence_notice(artifact("sv3d-p"))]
@@ -434,8 +421,6 @@ class Generator:
         return notes
 
     def _load(self, stats: list[StageStat], on_stage: OnStage, on_note) -> None:
-        from pipelines import reconstruct as rc
-
         if self.mv.pipe is None:
             for note in self.licence_notes():
                 on_note(note)
@@ -488,8 +473,6 @@ class Generator:
             advance: ``advance(n)`` as a stage with a total makes progress.
             on_note: called with the licence notices of the weights when they load.
         """
-        from pipelines import preprocess as pp
-        from pipelines import reconstruct as rc
 
         opts = self.opts
         on_stage = on_stage or (lambda _d, _t: None)
@@ -559,8 +542,6 @@ class Generator:
                     min_opacity=opts.min_opacity,
                 )
             if opts.refine:
-                from pipelines.optimize import refine_result
-
                 on_stage(f"Refining ({opts.refine} steps)", opts.refine)
                 with _measure(stats, f"refine ({opts.refine})", dev):
                     scene = refine_result(

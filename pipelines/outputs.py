@@ -20,13 +20,17 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from pipelines import layout
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.similarity import similarity_to_json
 from pipelines.defaults import MeshConfig, TurntableConfig
 from pipelines.errors import InputError
+from pipelines.export.media import video_writer
 from pipelines.io_utils import write_text_atomic
+from pipelines.mesh import export_mesh, gaussians_to_mesh
+from pipelines.render import render_frames, turntable_cameras
 from pipelines.scene import Scene
 from pipelines.splats.frames import matrix_to_text
 from pipelines.splats.gaussians import Gaussians
@@ -182,8 +186,6 @@ def _raw_layout(g: Gaussians) -> torch.Tensor:
 
 
 def _write_raw(path: Path, scene: Scene) -> None:
-    from safetensors.torch import save_file
-
     # one file layout for every scene: without the network there are no anchors (empty
     # tensors, gs_per_token 0) and the Gaussians are the fitted ones
     extras = scene.geolrm
@@ -218,8 +220,6 @@ def _write_video(
     device: str,
     on_frame: Callable[[], None] | None,
 ) -> None:
-    from pipelines.export.media import video_writer
-    from pipelines.render import render_frames, turntable_cameras
 
     cams = turntable_cameras(
         g, turntable.frames, turntable.elevation_deg, turntable.fov_deg, turntable.resolution
@@ -288,7 +288,6 @@ def write_mesh(
     """Mesh ``g`` by :func:`pipelines.mesh.gaussians_to_mesh` with ``spec``'s settings (the
     input ``cameras``, same frame as ``g``, drive the unseen-surface fill) and export it to
     ``path`` (format from the suffix)."""
-    from pipelines.mesh import export_mesh, gaussians_to_mesh
 
     made = gaussians_to_mesh(
         g,

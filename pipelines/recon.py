@@ -33,6 +33,7 @@ from pipelines import layout
 from pipelines.cameras.cameras import Cameras
 from pipelines.defaults import MIN_OPACITY, OPTIMIZE_ITERATIONS
 from pipelines.errors import InputError
+from pipelines.optimize import check_masks, optimize_views, refine_result
 from pipelines.options import ReconOptions
 from pipelines.outputs import check_output_dir, write_outputs
 from pipelines.reconstruct import (
@@ -178,8 +179,6 @@ class Recon:
         check_output_dir(self.out_dir, names, self.protect)
         self.config = self.weights = None
         if self.optimize:
-            from pipelines.optimize import check_masks  # the optimiser's numba kernels: lazily
-
             check_masks(self.cams)
         else:
             config = opts.config
@@ -206,8 +205,6 @@ class Recon:
         t0 = time.perf_counter()
         # 4. the scene
         if self.optimize:
-            from pipelines.optimize import optimize_views
-
             scene: Scene = optimize_views(
                 cams,
                 resolution=opts.resolution,
@@ -232,8 +229,6 @@ class Recon:
             scene = pipe(prep, seed=opts.seed, min_opacity=opts.min_opacity, on_stage=stage)
             del pipe  # free the network before the outputs
             if opts.refine:
-                from pipelines.optimize import refine_result
-
                 scene = refine_result(
                     scene,
                     cams,

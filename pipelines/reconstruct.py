@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.dataparsers import IMAGE_EXTENSIONS, load_transforms, resolve_image
@@ -40,8 +41,10 @@ from pipelines.defaults import (
 )
 from pipelines.device import run_stage
 from pipelines.errors import InputError
+from pipelines.geolrm import GeoLRM
 from pipelines.multiview.rigs import sv3d_cameras, zero123pp_cameras
 from pipelines.scene import GeoLRMExtras, Scene, to_model_frame
+from pipelines.weights import ensure
 
 __all__ = [
     "PRECISIONS",
@@ -157,7 +160,6 @@ def _rig_cameras(folder: Path, rig: str, elevation_deg: float, official: bool) -
             f"{folder} holds {len(images)} images but the {rig} rig has {want} views; "
             f"put exactly {want} images in the folder (taken in sorted order)"
         )
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(images[0]) as im:
@@ -368,8 +370,6 @@ def resolve_checkpoint(checkpoint: PathLike | None = None) -> Path:
     (:class:`~pipelines.errors.MissingWeightsError` naming the download command when it is not
     cached)."""
     if checkpoint is None:
-        from pipelines.weights import ensure
-
         return ensure("geolrm")
     path = Path(checkpoint)
     if not path.is_file():
@@ -392,7 +392,6 @@ def load_model(
     cached); ``config`` None is the released architecture, else a dict or a JSON file
     (:func:`load_config`). Options left None keep the config's values.
     """
-    from pipelines.geolrm import GeoLRM
 
     if config is not None and not isinstance(config, dict):
         config = load_config(config)

@@ -18,7 +18,9 @@ from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.geometry import fit_distance, percentile_box
 from pipelines.cameras.orbits import orbit_cameras
 from pipelines.defaults import TurntableConfig
+from pipelines.device import stage_device
 from pipelines.errors import InputError
+from pipelines.raster import rasterize
 from pipelines.splats.gaussians import Gaussians
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "transparent": (0.0, 0.0, 0.0)}
@@ -121,8 +123,6 @@ def render_frames(
         batch: cameras per rasteriser call.
         on_frame: called after each frame (progress bars).
     """
-    from pipelines.device import stage_device
-    from pipelines.raster import rasterize
 
     device = stage_device(device, "raster")
     if background not in BACKGROUNDS:

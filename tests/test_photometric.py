@@ -14,8 +14,7 @@ from PIL import Image
 from pipelines.cameras import orbit_cameras
 from pipelines.cameras.dataparsers import load_transforms
 from pipelines.cameras.geometry import project as project_points
-from pipelines.cameras.images import load_views
-from pipelines.optimize import load_masks
+from pipelines.cameras.images import load_masks, load_views
 from pipelines.optimize.photometric import (
     backproject,
     blur,
