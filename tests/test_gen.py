@@ -17,6 +17,8 @@ import trimesh
 from conftest import assert_one_line_error
 from PIL import Image
 
+from pipelines.threads import torch_threads
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "tests" / "fixtures" / "photos"
 PHOTO = PHOTOS / "Input_2.png"
@@ -33,10 +35,8 @@ FAST = ["--steps", "2", "--tile", str(tm.TILE), "--no-video"]
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from PIL import Image
 
 from pipelines import preprocess as pp
 from pipelines.errors import InputError
+from pipelines.threads import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "tests" / "fixtures" / "photos"
@@ -27,10 +28,8 @@ PHOTOS = ROOT / "tests" / "fixtures" / "photos"
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models gain nothing from threads, and the CPU is shared (threads spin-wait)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 def rgba_square(w=100, h=80, box=(30, 20, 50, 30), color=(200, 40, 40)) -> Image.Image:

@@ -16,13 +16,12 @@ from geolrm_cli.app import app
 from geolrm_cli.console import run_cli
 from pipelines.cameras import Cameras, orbit_cameras
 from pipelines.cameras.dataparsers import load_transforms
-from pipelines.cameras.images import load_views
+from pipelines.cameras.images import load_masks, load_views
 from pipelines.errors import InputError
 from pipelines.optimize import (
     TrainConfig,
     carve_visual_hull,
     hull_gaussians,
-    load_masks,
     optimize_gaussians,
     optimize_views,
 )

@@ -15,13 +15,7 @@ from pipelines.cameras import orbit_cameras
 from pipelines.cameras.dataparsers import load_transforms
 from pipelines.cameras.geometry import project as project_points
 from pipelines.cameras.images import load_masks, load_views
-from pipelines.optimize.photometric import (
-    backproject,
-    blur,
-    neighbour_views,
-    photometric_consistency,
-    solid_pixels,
-)
+from pipelines.optimize import photometric as pm
 
 ROOT = Path(__file__).resolve().parents[1]
 SPOT = ROOT / "examples" / "spot"
@@ -35,29 +29,29 @@ def test_backproject_then_project_returns_the_pixels() -> None:
     gen = torch.Generator().manual_seed(0)
     depth = 1.2 + torch.rand(24, 24, generator=gen, dtype=torch.float64)
     c2w, K = cams.c2w[1].double(), cams.K[1].double()
-    pts = backproject(depth, c2w, K)
+    pts = pm.backproject(depth, c2w, K)
     uv, z = project_points(pts, c2w, K)
     j, i = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
     torch.testing.assert_close(uv, torch.stack([i, j], -1).double() + 0.5, atol=1e-5, rtol=0)
     torch.testing.assert_close(z, depth)
     # the camera centre is at depth 0 along every ray, and points move away along the ray
-    far = backproject(depth * 2, c2w, K)
+    far = pm.backproject(depth * 2, c2w, K)
     torch.testing.assert_close(2 * (pts - c2w[:3, 3]), far - c2w[:3, 3])
 
 
 def test_neighbours_on_a_ring() -> None:
     cams = orbit_cameras(8, elevation_deg=10.0, radius=2.0, fov_deg=30.0, size=16)
-    nb = neighbour_views(cams.c2w, 2)
+    nb = pm.neighbour_views(cams.c2w, 2)
     for v in range(8):
         assert sorted(nb[v]) == sorted([(v - 1) % 8, (v + 1) % 8])
-    assert neighbour_views(cams.c2w, 2, max_angle_deg=30.0) == [[] for _ in range(8)]
+    assert pm.neighbour_views(cams.c2w, 2, max_angle_deg=30.0) == [[] for _ in range(8)]
 
 
 def test_solid_pixels_erodes_the_silhouette() -> None:
     masks = torch.zeros(1, 12, 12)
     masks[0, 2:10, 3:9] = 1.0
     masks[0, 5, 5] = 0.98  # not solid: its neighbourhood goes too
-    out = solid_pixels(masks, margin=1)
+    out = pm.solid_pixels(masks, margin=1)
     want = torch.zeros(12, 12)
     want[3:9, 4:8] = 1.0
     want[4:7, 4:7] = 0.0
@@ -66,10 +60,10 @@ def test_solid_pixels_erodes_the_silhouette() -> None:
 
 def test_blur_keeps_constants_and_mass() -> None:
     flat = torch.full((1, 3, 9, 11), 0.3)
-    torch.testing.assert_close(blur(flat, 1.5), flat)
+    torch.testing.assert_close(pm.blur(flat, 1.5), flat)
     dot = torch.zeros(1, 1, 21, 21)
     dot[0, 0, 10, 10] = 1.0
-    out = blur(dot, 1.0)
+    out = pm.blur(dot, 1.0)
     assert abs(float(out.sum()) - 1.0) < 1e-5 and float(out.max()) < 0.2
 
 
@@ -88,19 +82,19 @@ def spot_views():
     depth = torch.stack(depth)
     depth[depth > 50] = 0
     idx = torch.tensor(views)
-    return used.c2w[idx], used.K[idx], blur(images[idx], 1.0), masks[idx], depth
+    return used.c2w[idx], used.K[idx], pm.blur(images[idx], 1.0), masks[idx], depth
 
 
 def _loss(spot_views, ref_depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     c2w, K, images, masks, depth = spot_views
-    return photometric_consistency(
+    return pm.photometric_consistency(
         ref_depth, valid, images[0], c2w[0], K[0], images[1:], masks[1:], depth[1:], c2w[1:], K[1:]
     )
 
 
 def _valid(spot_views) -> torch.Tensor:
     _, _, _, masks, depth = spot_views
-    return (solid_pixels(masks[:1])[0] > 0.5) & (depth[0] > 0)
+    return (pm.solid_pixels(masks[:1])[0] > 0.5) & (depth[0] > 0)
 
 
 def test_true_depth_is_where_spots_photos_agree(spot_views) -> None:

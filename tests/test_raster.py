@@ -227,6 +227,18 @@ def test_projection_matches_gsplat_torch_impl():
     assert (ours_keep.sum() / (radii > 0).all(-1).sum()) > 0.8
 
 
+def _stand_in_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, kw):
+    """What ``gsplat.rasterization`` computes, from our reference maths: ``(RGB + expected
+    depth [C,H,W,4], alpha [C,H,W,1], the projection)``."""
+    proj = project(
+        means, quats, scales, opacities, viewmats, Ks, width, height,
+        kw["near_plane"], kw["far_plane"],
+    )  # fmt: skip
+    feats = torch.cat([colors, proj.depths[..., None]], -1)
+    acc, alpha = rasterize_reference(proj, feats, opacities, width, height)
+    return torch.cat([acc[..., :3], acc[..., 3:] / alpha.clamp(min=1e-10)], -1), alpha, proj
+
+
 def test_gsplat_backend_glue_with_a_stand_in_gsplat(monkeypatch):
     """The CUDA backend's argument plumbing (camera convention, per-camera colours,
     background, depth) checked on the CPU: a stand-in ``gsplat.rasterization`` built from our
@@ -245,13 +257,10 @@ def test_gsplat_backend_glue_with_a_stand_in_gsplat(monkeypatch):
         # gsplat 1.5.3's packed mode (its default) asserts backgrounds of shape [channels]:
         # [C, channels] fails there, so the backend must composite the background itself
         assert kw.get("backgrounds") is None or not kw.get("packed", True)
-        proj = project(
-            means, quats, scales, opacities, viewmats, Ks, width, height,
-            kw["near_plane"], kw["far_plane"],
-        )  # fmt: skip
-        feats = torch.cat([colors, proj.depths[..., None]], -1)
-        acc, alpha = rasterize_reference(proj, feats, opacities, width, height)
-        return torch.cat([acc[..., :3], acc[..., 3:] / alpha.clamp(min=1e-10)], -1), alpha, {}
+        render, alpha, _ = _stand_in_gsplat(
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height, kw
+        )
+        return render, alpha, {}
 
     monkeypatch.setitem(sys.modules, "gsplat", types.SimpleNamespace(rasterization=rasterization))
     g = random_scene(100, 12, sh_degree=1)
@@ -588,13 +597,9 @@ def test_gsplat_meta_with_a_stand_in_gsplat(monkeypatch):
 
     def rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kw):
         seen.update(kw)
-        proj = project(
-            means, quats, scales, opacities, viewmats, Ks, width, height,
-            kw["near_plane"], kw["far_plane"],
-        )  # fmt: skip
-        feats = torch.cat([colors, proj.depths[..., None]], -1)
-        acc, alpha = rasterize_reference(proj, feats, opacities, width, height)
-        render = torch.cat([acc[..., :3], acc[..., 3:] / alpha.clamp(min=1e-10)], -1)
+        render, alpha, proj = _stand_in_gsplat(
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height, kw
+        )
         radii = torch.ceil(proj.radii).int()  # gsplat 1.5: [C, N, 2] int32
         return render, alpha, {"means2d": proj.means2d, "radii": radii, "depths": proj.depths}
 

@@ -13,13 +13,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from pipelines.cameras.dataparsers import load_transforms
-from pipelines.train.occupancy import (
-    SolidGrid,
-    depth_points,
-    occupancy_grid,
-    occupancy_iou,
-    voxel_indices,
-)
+from pipelines.train import occupancy as occ
 
 ROOT = Path(__file__).resolve().parents[1]
 SPOT = ROOT / "examples" / "spot"
@@ -41,17 +35,17 @@ def test_depth_points_pinhole_and_edges() -> None:
     K = torch.tensor([[100.0, 0, 8], [0, 100.0, 8], [0, 0, 1]])[None]
     c2w = torch.eye(4)[None]
     depth = torch.full((1, 16, 16), 2.0)
-    p = depth_points(depth, c2w, K, erode_px=0)
+    p = occ.depth_points(depth, c2w, K, erode_px=0)
     assert p.shape == (256, 3)
     j, i = 3, 11  # row 3, column 11
     assert torch.allclose(
         p[j * 16 + i], torch.tensor([(11.5 - 8) / 50, -(3.5 - 8) / 50, -2.0]).double()
     )
     # the image border counts as valid (as cv2.dilate's default), a background pixel does not
-    assert len(depth_points(depth, c2w, K)) == 256
+    assert len(occ.depth_points(depth, c2w, K)) == 256
     depth[0, 8, 8] = 0
-    assert len(depth_points(depth, c2w, K, erode_px=0)) == 255
-    assert len(depth_points(depth, c2w, K)) == 256 - 9
+    assert len(occ.depth_points(depth, c2w, K, erode_px=0)) == 255
+    assert len(occ.depth_points(depth, c2w, K)) == 256 - 9
 
 
 def test_depth_points_match_spot_surface() -> None:
@@ -61,13 +55,13 @@ def test_depth_points_match_spot_surface() -> None:
     v = list(DEPTH_VIEWS)
     raw = [np.asarray(Image.open(DEPTH / f"{i:03d}_depth.png"), dtype=np.float64) for i in v]
     depth = torch.from_numpy(np.stack(raw) / 1e4)  # depth_unit_scale_factor 1e-4
-    pts = depth_points(depth, cams.c2w[v], cams.K[v])
+    pts = occ.depth_points(depth, cams.c2w[v], cams.K[v])
     surface = np.load(SPOT / "points.npy")
     dist, _ = cKDTree(surface).query(pts.numpy())
     # the samples are ~4 mm apart, so ~2 mm to the nearest is what a point on the surface gets
     assert np.median(dist) < 0.003 and np.percentile(dist, 99) < 0.006
-    seen = occupancy_grid(pts, G)
-    truth = occupancy_grid(torch.from_numpy(surface), G).numpy()
+    seen = occ.occupancy_grid(pts, G)
+    truth = occ.occupancy_grid(torch.from_numpy(surface), G).numpy()
     near = torch.from_numpy(ndimage.binary_dilation(truth, iterations=1))
     assert int((seen & ~near).sum()) <= 0.001 * int(seen.sum())
     assert 0.3 < int((seen & torch.from_numpy(truth)).sum()) / int(truth.sum()) < 0.95
@@ -77,28 +71,28 @@ def test_official_binning() -> None:
     """``round((p + 0.5) * G)`` clamped: the far faces land in the last cell, the cell spacing is
     1 / G (the model's cells are 1 / (G - 1) apart: the QUIRK in the module docstring)."""
     p = torch.tensor([[-0.5, 0.0, 0.5], [-0.5 + 0.49 / G, 0.51 / G, 0.7]], dtype=torch.float64)
-    idx = voxel_indices(p, G)
+    idx = occ.voxel_indices(p, G)
     assert idx.tolist() == [[0, 64, 127], [0, 65, 127]]
-    assert len(voxel_indices(torch.zeros(5, 3), G)) == 1
+    assert len(occ.voxel_indices(torch.zeros(5, 3), G)) == 1
 
 
 def test_solid_sphere_and_open_hemisphere() -> None:
     v = _sphere()
-    solid = occupancy_grid(v, G, solid=SolidGrid.from_surface(v))
-    shell = occupancy_grid(v, G)
+    solid = occ.occupancy_grid(v, G, solid=occ.SolidGrid.from_surface(v))
+    shell = occ.occupancy_grid(v, G)
     want = 4 / 3 * math.pi * 0.3**3
     assert int(solid.sum()) / G**3 == pytest.approx(want, rel=0.05)
     assert int(shell.sum()) < 0.2 * int(solid.sum())
     assert bool(solid[64, 64, 64]) and not bool(shell[64, 64, 64])
     # an open surface encloses nothing: it stays (about) its shell
     h = v[v[:, 2] > 0]
-    open_solid = occupancy_grid(h, G, solid=SolidGrid.from_surface(h))
-    assert int(open_solid.sum()) < 1.1 * int(occupancy_grid(h, G).sum())
+    open_solid = occ.occupancy_grid(h, G, solid=occ.SolidGrid.from_surface(h))
+    assert int(open_solid.sum()) < 1.1 * int(occ.occupancy_grid(h, G).sum())
 
 
 def test_solid_spot_volume() -> None:
     surface = torch.from_numpy(np.load(SPOT / "points.npy")).double()
-    solid = occupancy_grid(surface, G, solid=SolidGrid.from_surface(surface))
+    solid = occ.occupancy_grid(surface, G, solid=occ.SolidGrid.from_surface(surface))
     # binned surface cells reach half a cell outside: a few per cent more than the mesh
     assert int(solid.sum()) / G**3 == pytest.approx(SPOT_VOLUME, rel=0.10)
 
@@ -112,8 +106,8 @@ def test_model_frame_transform_consistent() -> None:
     m[:3, :3] = 1.3 * rotation_about_z(math.radians(30)).double()[:3, :3]
     m[:3, 3] = torch.tensor([0.05, -0.02, 0.0])
     moved = v @ m[:3, :3].T + m[:3, 3]
-    a = occupancy_grid(v, G, to_model=m, solid=SolidGrid.from_surface(v))
-    b = occupancy_grid(moved, G, solid=SolidGrid.from_surface(moved))
-    assert occupancy_iou(a, b) > 0.95
-    assert occupancy_iou(a, torch.zeros_like(a)) == 0.0
-    assert occupancy_iou(torch.zeros_like(a), torch.zeros_like(a)) == 1.0
+    a = occ.occupancy_grid(v, G, to_model=m, solid=occ.SolidGrid.from_surface(v))
+    b = occ.occupancy_grid(moved, G, solid=occ.SolidGrid.from_surface(moved))
+    assert occ.occupancy_iou(a, b) > 0.95
+    assert occ.occupancy_iou(a, torch.zeros_like(a)) == 0.0
+    assert occ.occupancy_iou(torch.zeros_like(a), torch.zeros_like(a)) == 1.0

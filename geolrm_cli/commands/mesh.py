@@ -1,17 +1,5 @@
-"""Turn Gaussians (.ply / .splat) into a coloured triangle mesh (.glb, .obj + .mtl, or .ply).
-
-Examples:
-
-  geolrm mesh out/model.ply -o out/mesh.glb
-
-  geolrm mesh out/model.ply -o out/mesh.glb --texture
-
-  geolrm mesh model.ply --cameras views/transforms.json -o mesh.glb
-
-  geolrm mesh out/model.ply -o out/mesh.obj --faces 20000 --texture --texture-size 2048
-
-  geolrm mesh out/model.ply -o out/mesh.ply --resolution 384 --views 100 --device cuda
-"""
+"""`geolrm mesh`: Gaussians (.ply / .splat) -> a coloured triangle mesh (.glb, .obj + .mtl, .ply);
+its examples are in the command's docstring (`geolrm mesh --help`)."""
 
 from __future__ import annotations
 
