@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["gen", "recon", "render", "mesh", "eval", "view", "weights", "weights download"]
+COMMANDS = ["gen", "recon", "render", "mesh", "eval", "view", "app", "weights", "weights download"]
 
 
 def test_cli_import_is_light():
