@@ -219,7 +219,6 @@ class JobResult:
     folder: Path
     model: Path
     splat: Path
-    preview: Path
     video: Path | None = None
     mesh: Path | None = None
     input_image: Path | None = None
@@ -231,15 +230,13 @@ class JobResult:
         return [str(p) for p in (self.model, self.splat, self.mesh) if p is not None]
 
 
-def write_splat_files(folder: Path) -> tuple[Path, Path]:
-    """``model.splat`` (the 3DGS y-down habit, for SuperSplat and friends) and the preview
-    ``preview.splat`` for Gradio's viewer (babylon.js, y-up), both from ``model.ply``."""
+def write_splat_file(folder: Path) -> Path:
+    """``model.splat`` from ``model.ply``, in the 3DGS y-down habit: what SuperSplat and the
+    other ``.splat`` viewers expect, and what Gradio's ``Model3D`` shows upright."""
     from pipelines.splats.io import load_gaussians, save_gaussians
 
     g = load_gaussians(folder / "model.ply", quiet=True)
-    splat = save_gaussians(folder / "model.splat", g, up="-y")
-    preview = save_gaussians(folder / "preview" / "model.splat", g, up="y")
-    return splat, preview
+    return save_gaussians(folder / "model.splat", g, up="-y")
 
 
 class Jobs:
@@ -312,12 +309,11 @@ class Jobs:
         gen = self.generator(opts)
         stage = on_stage or (lambda _d, _t=None: None)
         result = gen.run(photo, out, on_stage=stage)
-        splat, preview = write_splat_files(out)
+        splat = write_splat_file(out)
         return JobResult(
             folder=out,
             model=out / "model.ply",
             splat=splat,
-            preview=preview,
             video=out / "turntable.mp4" if (out / "turntable.mp4").exists() else None,
             mesh=out / "mesh.glb" if (out / "mesh.glb").exists() else None,
             input_image=out / "input.png",
@@ -356,13 +352,12 @@ class Jobs:
             mesh_resolution=self.cfg.mesh_resolution,
             on_stage=on_stage,
         )
-        splat, preview = write_splat_files(out)
+        splat = write_splat_file(out)
         n, views = result
         return JobResult(
             folder=out,
             model=out / "model.ply",
             splat=splat,
-            preview=preview,
             video=out / "turntable.mp4",
             mesh=out / "mesh.glb" if mesh else None,
             message=f"done: {n:,} Gaussians from {views} views ({method})",
@@ -481,7 +476,7 @@ def build_app(cfg: AppConfig, sessions: Sessions):
             r.message,
             str(r.input_image),
             str(r.views_image),
-            str(r.preview),
+            str(r.splat),
             video_path,
             r.downloads,
         )
@@ -499,7 +494,7 @@ def build_app(cfg: AppConfig, sessions: Sessions):
             )  # fmt: skip
         except Exception as e:
             return (error_text(e), *empty)
-        return (r.message, str(r.preview), str(r.video), r.downloads)
+        return (r.message, str(r.splat), str(r.video), r.downloads)
 
     # gradio passes the request to parameters annotated gr.Request (a real class object: this
     # module's annotations are strings, which gradio cannot resolve for a local import)
@@ -525,7 +520,9 @@ def build_app(cfg: AppConfig, sessions: Sessions):
                         True, label="Remove the background (skipped when the photo has alpha)"
                     )
                     mv = gr.Dropdown(["zero123pp", "sv3d"], value="zero123pp", label="Multi-view")
-                    views = gr.Number(None, label="Views (empty: the model's default)", precision=0)
+                    views = gr.Slider(
+                        0, 21, value=0, step=1, label="Views (0: the model's, zero123pp 6, sv3d 21)"
+                    )
                     steps = gr.Slider(1, 150, value=default_steps, step=1, label="Steps")
                     seed = gr.Number(42, label="Seed", precision=0)
                     with gr.Row():

@@ -193,17 +193,25 @@ def test_photo_tab_in_browser(page, app_url):  # noqa: F811
     assert page.locator("#photo-framed img").count() == 1
     assert page.locator("#photo-grid img").count() == 1
 
-    canvas = page.locator("#photo-model canvas")
+    _wait_preview(page, "photo-model")
+    screenshot(page, "app_photo")
+
+
+def _wait_preview(pg, elem: str) -> np.ndarray:
+    """Wait until the Model3D canvas shows splats: besides its background (its most common
+    colour) at least 0.5% of its central pixels are something else."""
+    canvas = pg.locator(f"#{elem} canvas")
     canvas.wait_for(timeout=30_000)
 
     def drawn():
         img = screenshot_element(canvas)
         h, w = img.shape[:2]
-        mid = img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
-        return img if object_mask(mid, (255, 255, 255), tol=30).mean() > 0.002 else None
+        mid = img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].reshape(-1, 3)
+        colours, counts = np.unique(mid, axis=0, return_counts=True)
+        bg = tuple(int(c) for c in colours[counts.argmax()])
+        return img if object_mask(mid[None], bg, tol=40).mean() > 0.005 else None
 
-    wait_for(drawn, timeout=60)
-    screenshot(page, "app_photo")
+    return wait_for(drawn, timeout=60)
 
 
 def screenshot_element(loc) -> np.ndarray:
@@ -238,6 +246,7 @@ def test_posed_tab_optimize_in_browser(page, app_url, tmp_path):  # noqa: F811
     names = _download_names(page, "posed-files")
     assert names == ["model.ply", "model.splat"], names
     assert page.locator("#posed-video video").count() == 1
+    _wait_preview(page, "posed-model")
     screenshot(page, "app_posed")
 
 
