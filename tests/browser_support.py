@@ -45,22 +45,49 @@ def chromium_path() -> str | None:
     return None
 
 
+_SHARED: dict = {}
+"""The one Playwright + Chromium of the session: test modules import the fixture, so pytest
+sees one session fixture per module; all of them share this (a second sync Playwright cannot
+start inside the first one's event loop)."""
+
+
+def _shared_browser():
+    if "skip" in _SHARED:
+        pytest.skip(_SHARED["skip"])
+    if "browser" not in _SHARED:
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            _SHARED["skip"] = (
+                "browser tests need Playwright: pip install playwright (no browser download)"
+            )
+            pytest.skip(_SHARED["skip"])
+        exe = chromium_path()
+        if exe is None:
+            _SHARED["skip"] = (
+                "browser tests need Chromium: apt-get install chromium (or GEOLRM_CHROMIUM=)"
+            )
+            pytest.skip(_SHARED["skip"])
+        pw = sync_playwright().start()
+        _SHARED["playwright"] = pw
+        _SHARED["browser"] = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+    return _SHARED["browser"]
+
+
+def _close_shared() -> None:
+    b, pw = _SHARED.pop("browser", None), _SHARED.pop("playwright", None)
+    if b is not None:
+        b.close()
+    if pw is not None:
+        pw.stop()
+
+
 @pytest.fixture(scope="session")
 def browser():
-    """One headless Chromium for the whole session (skips when it cannot start)."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("browser tests need Playwright: pip install playwright (no browser download)")
-    exe = chromium_path()
-    if exe is None:
-        pytest.skip("browser tests need Chromium: apt-get install chromium (or GEOLRM_CHROMIUM=)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    """One headless Chromium for the whole session (skips, with the reason, when Playwright
+    or Chromium is missing)."""
+    yield _shared_browser()
+    _close_shared()
 
 
 @pytest.fixture
@@ -81,10 +108,13 @@ def screenshot(page, name: str | None = None) -> np.ndarray:
     from PIL import Image
 
     png = page.screenshot()
+    image = Image.open(io.BytesIO(png)).convert("RGB")
     if SHOTS is not None and name:
         SHOTS.mkdir(parents=True, exist_ok=True)
-        (SHOTS / f"{name}.png").write_bytes(png)
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        small = image.copy()
+        small.thumbnail((800, 800))  # documentation-sized: at most 800 px, 256 colours
+        small.quantize(256).save(SHOTS / f"{name}.png", optimize=True)
+    return np.asarray(image)
 
 
 def wait_for(

@@ -271,3 +271,24 @@ def test_missing_weights_message_in_browser(page, tmp_path, monkeypatch):  # noq
     finally:
         close()
     shutil.rmtree(tmp_path / "empty-cache", ignore_errors=True)
+
+
+def test_recon_adapter_geolrm_tiny(tmp_path):
+    """The posed-views job with GeoLRM (the tiny model) writes what `geolrm recon` writes."""
+    from pipelines.splats.ply import load_ply
+    from pipelines.webapp import recon_views, write_splat_file
+
+    n, views = recon_views(
+        TINY / "tiny_views" / "transforms.json",
+        tmp_path / "out",
+        method="geolrm",
+        checkpoint=TINY / "geolrm_tiny_weights.safetensors",
+        config=ROOT / "examples" / "tiny" / "geolrm_tiny_config.json",
+        size=112,
+        video_frames=2,
+        video_resolution=32,
+    )
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["cameras.json", "model.ply", "model_frame.json", "turntable.mp4"]
+    assert len(load_ply(tmp_path / "out" / "model.ply").gaussians) == n > 0
+    assert write_splat_file(tmp_path / "out").stat().st_size == 32 * n

@@ -139,16 +139,27 @@ def test_camera_from_viser_projects_like_opencv():
     assert uv[2, 0] > 32.0  # +y is to the right when looking along -x
 
 
-def test_viewer_frustums_and_stop(out_dir):
+def test_viewer_frustums_mesh_and_stop(out_dir, tmp_path):
     """The viewer starts on 127.0.0.1 with a free port, puts one frustum per camera at the
-    camera's centre looking at the object, and stops."""
+    camera's centre looking at the object, the .glb (y-up) turned back to z-up (hidden until
+    toggled), and stops."""
+    import trimesh
+
+    from pipelines.splats.frames import world_to_file
     from pipelines.splats.gaussians import quat_to_matrix
     from pipelines.viewer import load_scene
     from pipelines.viewer.server import Viewer
 
-    s = load_scene(out_dir)
+    box = trimesh.creation.box((0.2, 0.2, 0.8))  # tall along the world's z
+    box.apply_transform(world_to_file("y").double().numpy())  # written y-up, as glTF is
+    box.export(tmp_path / "mesh.glb")
+    s = load_scene(out_dir, mesh=tmp_path / "mesh.glb")
     v = Viewer(s)
     try:
+        assert v._mesh is not None and not v._mesh.visible
+        r = quat_to_matrix(torch.as_tensor(v._mesh.wxyz)).numpy()
+        tall = r @ np.array([0.0, 0.8, 0.0])  # the file's y extent, back in the world
+        np.testing.assert_allclose(tall, [0, 0, 0.8], atol=1e-6)
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", v.url) and not v.url.endswith(":0/")
         assert len(v._frustums) == 7
         for f, c in zip(v._frustums, s.cameras.centers, strict=True):
