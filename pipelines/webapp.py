@@ -460,7 +460,7 @@ def build_app(cfg: AppConfig, sessions: Sessions):
 
     def run_photo(photo, mv, views, steps, seed, mesh, texture, remove_bg, request=None,
                   progress=gr.Progress()):  # fmt: skip
-        empty = (None, None, None, None, None)
+        empty = (None, None, None, None, None, None)
         if not photo:
             return ("error: upload a photo first", *empty)
         try:
@@ -477,13 +477,14 @@ def build_app(cfg: AppConfig, sessions: Sessions):
             str(r.input_image),
             str(r.views_image),
             str(r.splat),
+            str(r.mesh) if r.mesh else None,
             video_path,
             r.downloads,
         )
 
     def run_posed(files, method, iterations, resolution, mesh, seed, request=None,
                   progress=gr.Progress()):  # fmt: skip
-        empty = (None, None, None)
+        empty = (None, None, None, None)
         try:
             out = sessions.job_dir(getattr(request, "session_hash", None))
             paths = [getattr(f, "name", f) for f in (files or [])]
@@ -494,7 +495,8 @@ def build_app(cfg: AppConfig, sessions: Sessions):
             )  # fmt: skip
         except Exception as e:
             return (error_text(e), *empty)
-        return (r.message, str(r.splat), str(r.video), r.downloads)
+        mesh_path = str(r.mesh) if r.mesh else None
+        return (r.message, str(r.splat), mesh_path, str(r.video), r.downloads)
 
     # gradio passes the request to parameters annotated gr.Request (a real class object: this
     # module's annotations are strings, which gradio cannot resolve for a local import)
@@ -539,6 +541,7 @@ def build_app(cfg: AppConfig, sessions: Sessions):
                     model3d = gr.Model3D(
                         label="Gaussians", clear_color=(1, 1, 1, 1), elem_id="photo-model"
                     )
+                    mesh3d = gr.Model3D(label="Mesh (with Mesh ticked)", elem_id="photo-mesh")
                     video = gr.Video(label="Turntable", interactive=False, elem_id="photo-video")
                     files = gr.File(
                         label="Downloads",
@@ -549,7 +552,7 @@ def build_app(cfg: AppConfig, sessions: Sessions):
             go.click(
                 run_photo,
                 [photo, mv, views, steps, seed, mesh, texture, remove_bg],
-                [status, framed, grid, model3d, video, files],
+                [status, framed, grid, model3d, mesh3d, video, files],
                 concurrency_id="device",
             )
         with gr.Tab("Posed views"):
@@ -586,6 +589,7 @@ def build_app(cfg: AppConfig, sessions: Sessions):
                     pmodel = gr.Model3D(
                         label="Gaussians", clear_color=(1, 1, 1, 1), elem_id="posed-model"
                     )
+                    pmesh3d = gr.Model3D(label="Mesh (with Mesh ticked)", elem_id="posed-mesh")
                     pvideo = gr.Video(label="Turntable", interactive=False, elem_id="posed-video")
                     pfiles = gr.File(
                         label="Downloads",
@@ -596,7 +600,7 @@ def build_app(cfg: AppConfig, sessions: Sessions):
             pgo.click(
                 run_posed,
                 [upload, method, iterations, resolution, pmesh, pseed],
-                [pstatus, pmodel, pvideo, pfiles],
+                [pstatus, pmodel, pmesh3d, pvideo, pfiles],
                 concurrency_id="device",
             )
     demo.queue(default_concurrency_limit=1)

@@ -9,6 +9,7 @@ puts it for the same camera (so the frames are right: upright, not mirrored).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import shutil
@@ -325,3 +326,27 @@ def test_static_page_in_browser(page, out_dir, tmp_path):  # noqa: F811
     moved = screenshot(page, "static_orbit")
     assert (np.abs(moved.astype(int) - first.astype(int)).sum(-1) > 60).mean() > 0.03
     assert not page.errors
+
+
+def test_viewer_view_dependent_colour(scene):
+    """With SH degree > 0 the splat colours follow the camera once it stops moving."""
+    from pipelines.viewer.scene import view_colors
+    from pipelines.viewer.server import Viewer
+
+    g = scene.gaussians[:200]
+    rest = torch.zeros(len(g), 3, 3)
+    rest[:, 2] = 0.5  # colour grows along +x
+    s = dataclasses.replace(scene, gaussians=g.with_(sh_rest=rest))
+    v = Viewer(s)
+    try:
+        assert v._sh_enabled.value
+        before = np.asarray(v.splats.rgbs, dtype=np.float32) / 255  # uint8 on the wire
+        eye = np.array([-3.0, 0.0, 0.5])
+        v._camera_moved(eye)
+        v._sh_thread.join(timeout=10)
+        after = np.asarray(v.splats.rgbs, dtype=np.float32) / 255
+        want = view_colors(s.gaussians, eye)
+        assert np.abs(after - want).max() < 1 / 255
+        assert np.abs(after - before).mean() > 0.05
+    finally:
+        v.stop()
