@@ -103,6 +103,18 @@ class Sessions:
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep_s = keep_minutes * 60.0
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        # sweep now and then even when no job starts (an idle app still forgets old sessions)
+        every = min(300.0, max(5.0, self.keep_s / 4))
+        self._sweeper = threading.Thread(target=self._sweep_every, args=(every,), daemon=True)
+        self._sweeper.start()
+
+    def _sweep_every(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            try:
+                self.sweep()
+            except OSError:  # a folder removed under our feet; try again next time
+                pass
 
     def job_dir(self, session: str | None) -> Path:
         """A new empty folder for one job of ``session`` (old sessions are swept first)."""
@@ -127,7 +139,8 @@ class Sessions:
         return removed
 
     def close(self) -> None:
-        """Remove the root when the app created it."""
+        """Stop sweeping; remove the root when the app created it."""
+        self._stop.set()
         if self.owned:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -121,6 +121,8 @@ def view(
         raise InputError(
             f"cannot listen on {host}:{port} ({e.strerror or e}); try another --port"
         ) from None
+    if port and viewer.server.get_port() != port:
+        console.print(f"[yellow]note:[/] port {port} is taken; using {viewer.server.get_port()}")
     shown = [f"{len(scene.gaussians):,} Gaussians"]
     if scene.mesh is not None:
         shown.append("mesh")
