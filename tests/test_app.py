@@ -292,3 +292,33 @@ def test_recon_adapter_geolrm_tiny(tmp_path):
     assert names == ["cameras.json", "model.ply", "model_frame.json", "turntable.mp4"]
     assert len(load_ply(tmp_path / "out" / "model.ply").gaussians) == n > 0
     assert write_splat_file(tmp_path / "out").stat().st_size == 32 * n
+
+
+def test_cli_serves_and_stops_on_ctrl_c(tmp_path):
+    """The real command in a subprocess: the local URL on stderr, the page served (with the
+    two tabs), Ctrl-C stops it with exit code 0 and the session folders go with it."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "geolrm_cli.app", "app", "--work-dir", str(work)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line
+        with urllib.request.urlopen(url.group(0) + "config", timeout=30) as r:
+            config = json.loads(r.read())
+        labels = {c.get("props", {}).get("label") for c in config["components"]}
+        assert {"Photo", "Posed views"} <= labels
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "app stopped" in err and "Traceback" not in err
+    assert work.is_dir() and not any(work.iterdir())
