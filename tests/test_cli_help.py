@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["gen", "recon", "render", "mesh", "eval", "weights", "weights download"]
+COMMANDS = ["gen", "recon", "render", "mesh", "eval", "view", "app", "weights", "weights download"]
 
 
 def test_cli_import_is_light():
@@ -15,7 +15,7 @@ def test_cli_import_is_light():
     code = (
         "import sys, geolrm_cli.app\n"
         "heavy = [m for m in ('torch', 'numba', 'transformers', 'diffusers', 'rembg', 'trimesh',"
-        " 'xatlas') if m in sys.modules]\n"
+        " 'xatlas', 'viser', 'gradio') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
