@@ -406,6 +406,11 @@ class Generator:
         self.threads = torch.get_num_threads()
         start_numba()  # numba's pool starts now, torch's count kept (pipelines.threads)
 
+    def reuse_models(self, other: Generator) -> None:
+        """Use the models ``other`` has loaded (built with the same weights, device and
+        precision), so that a long-lived caller such as ``geolrm app`` loads them once."""
+        self.mv.pipe, self.model = other.mv.pipe, other.model
+
     # -- helpers ------------------------------------------------------------------------------
 
     def licence_notes(self) -> list[str]:

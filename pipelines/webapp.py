@@ -19,6 +19,7 @@ worker: one device), each browser session writes into its own folder, removed
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -30,14 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.defaults import MV_DEFAULTS
 from pipelines.errors import InputError
+from pipelines.generate import Generator, GenOptions
+from pipelines.options import ReconOptions
+from pipelines.recon import recon
+from pipelines.reconstruct import resolve_checkpoint
+from pipelines.splats.io import load_gaussians, save_gaussians
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def gradio_available() -> bool:
     """True when the optional ``gradio`` package is installed."""
-    import importlib.util
 
     return importlib.util.find_spec("gradio") is not None
 
@@ -246,7 +252,6 @@ class JobResult:
 def write_splat_file(folder: Path) -> Path:
     """``model.splat`` from ``model.ply``, in the 3DGS y-down habit: what SuperSplat and the
     other ``.splat`` viewers expect, and what Gradio's ``Model3D`` shows upright."""
-    from pipelines.splats.io import load_gaussians, save_gaussians
 
     g = load_gaussians(folder / "model.ply", quiet=True)
     return save_gaussians(folder / "model.splat", g, up="-y")
@@ -264,7 +269,6 @@ class Jobs:
     def generator(self, opts):
         """A :class:`~pipelines.generate.Generator` for ``opts``; the loaded models of an
         earlier one with the same weights are reused (weights are resolved again, cheaply)."""
-        from pipelines.generate import Generator
 
         key = tuple(
             str(getattr(opts, k))
@@ -284,7 +288,7 @@ class Jobs:
         gen = Generator(opts)  # raises the missing-weights message before any work
         old = self._generators.get(key)
         if old is not None:
-            gen.mv.pipe, gen.model = old.mv.pipe, old.model
+            gen.reuse_models(old)
         self._generators = {key: gen}  # one set of models in memory
         return gen
 
@@ -293,7 +297,6 @@ class Jobs:
         remove_bg: bool,
     ):  # fmt: skip
         """:class:`~pipelines.generate.GenOptions` for one photo job."""
-        from pipelines.generate import GenOptions
 
         cfg = self.cfg
         return GenOptions(
@@ -394,55 +397,30 @@ def recon_views(
     mesh_resolution: int = 128,
     on_stage: Callable | None = None,
 ) -> tuple[int, int]:
-    """Posed views -> ``model.ply``, ``cameras.json``, ``turntable.mp4`` (and ``mesh.glb``).
-
-    The steps of ``geolrm recon`` (geolrm_cli/commands/recon.py), by their library functions.
-    Adapter: the recon workflow lives in the CLI today; point this at the library function
-    that replaces it once there is one.
+    """Posed views -> ``model.ply``, ``cameras.json``, ``turntable.mp4`` (and ``mesh.glb``):
+    :func:`pipelines.recon.recon`, the workflow behind ``geolrm recon``, with the app's
+    settings (a short turntable, a coarse mesh).
 
     Returns:
         ``(Gaussians, views)``.
     """
-    from pipelines import reconstruct as rc
-
-    stage = on_stage or (lambda _d, _t=None: None)
-    if method not in ("geolrm", "optimize"):
-        raise InputError(f"unknown method {method!r}; use geolrm or optimize")
-    cams = rc.resolve_inputs(transforms)
-    spec = rc.MeshSpec(resolution=mesh_resolution) if mesh else None
-    if method == "optimize":
-        from pipelines.optimize import check_masks, optimize_views, to_recon_result
-
-        check_masks(cams)
-        fitted = optimize_views(
-            cams, resolution=resolution, iterations=iterations, seed=seed, device=device,
-            on_stage=lambda name, *_a: stage(f"optimize: {name}", None),
-        )  # fmt: skip
-        result = to_recon_result(fitted)
-    else:
-        size = size or rc.default_size(rc.input_rig(transforms))
-        rc.check_size(size)
-        config_dict = rc.load_config(config) if config is not None else None
-        weights = rc.resolve_checkpoint(checkpoint)
-        stage(f"Loading {len(cams)} views", None)
-        prep = rc.prepare_views(cams, size)
-        stage("Loading GeoLRM", None)
-        model = rc.load_model(weights, config_dict, seed=seed)
-        result = rc.reconstruct(
-            prep, model, device=device, seed=seed, on_stage=lambda n: stage(f"GeoLRM: {n}", None)
-        )
-    stage("Writing outputs", None)
-    rc.write_outputs(
-        result,
-        out,
-        video=True,
+    optimize = method == "optimize"
+    opts = ReconOptions(
+        method=method,
+        iterations=iterations if optimize else None,
+        resolution=resolution,
+        size=None if optimize else size,
+        checkpoint=checkpoint,
+        config=config,
+        seed=seed,
+        device=device,
         video_frames=video_frames,
         video_resolution=video_resolution,
-        device=device,
-        protect=list(cams.image_paths or []) + [transforms],
-        mesh=spec,
+        mesh=mesh,
+        mesh_resolution=mesh_resolution,
     )
-    return len(result.gaussians), len(cams)
+    run = recon(transforms, out, opts, on_stage=on_stage)
+    return len(run.scene.gaussians), run.views
 
 
 # ------------------------------------------------------------------------- the page
@@ -453,13 +431,9 @@ def build_app(cfg: AppConfig, sessions: Sessions):
     require_gradio()
     import gradio as gr
 
-    from pipelines.generate import DEFAULTS
-
     jobs = Jobs(cfg)
-    default_steps = cfg.steps or DEFAULTS["zero123pp"]["steps"]
+    default_steps = cfg.steps or MV_DEFAULTS["zero123pp"].steps
     try:
-        from pipelines.reconstruct import resolve_checkpoint
-
         resolve_checkpoint(cfg.checkpoint)
         default_method = "geolrm"
     except InputError:

@@ -34,7 +34,7 @@ viser = pytest.importorskip("viser", reason="the viewer needs viser: pip install
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory) -> Path:
     """A recon-style output folder: model.ply (header frame -y) and cameras.json (7 views)."""
-    from pipelines.cameras import load_transforms
+    from pipelines.cameras.dataparsers import load_transforms
 
     out = tmp_path_factory.mktemp("view") / "out"
     out.mkdir()

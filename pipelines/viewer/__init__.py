@@ -8,6 +8,6 @@ viser is an optional dependency (``pip install 'geolrm[viewer]'``); the static p
 nothing but the browser.
 """
 
-from pipelines.viewer.scene import Scene, load_scene, splat_arrays
+from pipelines.viewer.scene import ViewScene, load_scene, splat_arrays
 
-__all__ = ["Scene", "load_scene", "splat_arrays"]
+__all__ = ["ViewScene", "load_scene", "splat_arrays"]

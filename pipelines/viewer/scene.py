@@ -16,10 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from pipelines.cameras.cameras import Cameras
+from pipelines.cameras.dataparsers import load_transforms
+from pipelines.cameras.geometry import fit_distance, fov_to_focal, look_at
 from pipelines.errors import InputError
-from pipelines.splats.gaussians import Gaussians, quat_to_matrix
+from pipelines.render import object_bounds
+from pipelines.splats.frames import world_to_file
+from pipelines.splats.gaussians import Gaussians, matrix_to_quat, quat_to_matrix
+from pipelines.splats.io import load_gaussians
+from pipelines.splats.sh import view_dependent_rgb
 
 MODEL_NAMES = ("model.ply", "model.splat")
 MESH_NAME = "mesh.glb"
@@ -29,7 +36,7 @@ THUMBNAIL = 128
 
 
 @dataclass
-class Scene:
+class ViewScene:
     """Everything the viewer and the static page show, in geolrm's z-up world.
 
     Attributes:
@@ -53,7 +60,6 @@ class Scene:
     def home_camera(self, fov_deg: float = 50.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(position, look_at, up)`` of the initial view: the object fills the view, seen from
         azimuth 0 (on +x) and 20 degrees above, z up (the turntable's first frame)."""
-        from pipelines.render import fit_distance
 
         d = fit_distance(self.radius, fov_deg, margin=1.15)
         el = math.radians(20.0)
@@ -63,7 +69,6 @@ class Scene:
     def home_view(self, width: int, height: int, fov_deg: float = 50.0) -> Cameras:
         """The initial view as a geolrm camera (``fov_deg`` vertical), for renders that the
         browser's first frame can be compared with."""
-        from pipelines.cameras.geometry import fov_to_focal, look_at
 
         position, target, up = self.home_camera(fov_deg)
         f = fov_to_focal(fov_deg, height)
@@ -87,7 +92,6 @@ def splat_arrays(g: Gaussians) -> dict[str, np.ndarray]:
 
 def view_colors(g: Gaussians, eye: np.ndarray) -> np.ndarray:
     """``[N, 3]`` colours in [0, 1] seen from ``eye`` (spherical harmonics of any degree)."""
-    from pipelines.splats.sh import view_dependent_rgb
 
     g = g.detach().to("cpu", torch.float32)
     if g.sh_rest is None:
@@ -113,7 +117,6 @@ def _thumbnail(path: Path | None) -> np.ndarray | None:
     """A small RGB copy of a view image (RGBA composited on white), or None if unreadable."""
     if path is None or not Path(path).is_file():
         return None
-    from PIL import Image
 
     try:
         with Image.open(path) as im:
@@ -130,7 +133,7 @@ def load_scene(
     mesh: str | Path | None = None,
     cameras: str | Path | None = None,
     assume_up: str = "-y",
-) -> Scene:
+) -> ViewScene:
     """Read a recon/gen output folder, or a Gaussian file with an optional mesh and cameras.
 
     Args:
@@ -144,9 +147,6 @@ def load_scene(
     Raises:
         InputError: a missing or unreadable input (one line).
     """
-    from pipelines.cameras.dataparsers import load_transforms
-    from pipelines.render import object_bounds
-    from pipelines.splats.io import load_gaussians
 
     path = Path(path)
     if not path.exists():
@@ -178,7 +178,7 @@ def load_scene(
         paths = cams.image_paths or [None] * len(cams)
         thumbs = [_thumbnail(p) for p in paths]
     centre, radius = object_bounds(g)
-    return Scene(
+    return ViewScene(
         model=model,
         gaussians=g,
         mesh=mesh,
@@ -191,14 +191,12 @@ def load_scene(
 
 def mesh_glb_to_world() -> np.ndarray:
     """``[4, 4]`` rotation from a geolrm ``.glb``'s y-up frame back to the z-up world."""
-    from pipelines.splats.frames import world_to_file
 
     return world_to_file("y").double().numpy().T
 
 
 def rotation_wxyz(rot: np.ndarray) -> np.ndarray:
     """Unit quaternion (w, x, y, z) of a ``[3, 3]`` rotation matrix."""
-    from pipelines.splats.gaussians import matrix_to_quat
 
     return matrix_to_quat(torch.as_tensor(np.asarray(rot, dtype=np.float64))).double().numpy()
 

@@ -1,4 +1,4 @@
-"""The interactive viewer: a viser server showing a :class:`~pipelines.viewer.scene.Scene`.
+"""The interactive viewer: a viser server showing a :class:`~pipelines.viewer.scene.ViewScene`.
 
 viser (the nerfstudio ecosystem's web viewer library) does the web side: the page, orbit
 controls, the splat renderer, frustums, the mesh and the GUI panel. This module puts the scene
@@ -14,6 +14,7 @@ into it and adds geolrm's controls:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import threading
 import time
@@ -24,8 +25,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.cameras.cameras import Cameras
+from pipelines.cameras.geometry import focal_to_angle
 from pipelines.errors import InputError
-from pipelines.viewer.scene import Scene, mesh_glb_to_world, rotation_wxyz, splat_arrays
+from pipelines.export.media import write_png
+from pipelines.raster import rasterize
+from pipelines.splats.gaussians import quat_to_matrix
+from pipelines.viewer.scene import (
+    ViewScene,
+    mesh_glb_to_world,
+    rotation_wxyz,
+    splat_arrays,
+    view_colors,
+)
 
 LOCALHOST = "127.0.0.1"
 FOV_DEG = 50.0
@@ -38,7 +50,6 @@ _CV_TO_GL = np.diag([1.0, -1.0, -1.0])
 
 def viser_available() -> bool:
     """True when the optional ``viser`` package is installed."""
-    import importlib.util
 
     return importlib.util.find_spec("viser") is not None
 
@@ -60,8 +71,6 @@ def camera_from_viser(
     viser cameras follow OpenCV (x right, y down, looking along +z; ``wxyz`` is
     ``R_world_camera``, ``fov`` vertical); geolrm's are OpenGL (looking along -z).
     """
-    from pipelines.cameras.cameras import Cameras
-    from pipelines.splats.gaussians import quat_to_matrix
 
     rot = quat_to_matrix(torch.as_tensor(np.asarray(wxyz, dtype=np.float64))).numpy()
     c2w = np.eye(4)
@@ -72,9 +81,8 @@ def camera_from_viser(
     return Cameras(torch.as_tensor(c2w[None]), torch.as_tensor(k[None]), width, height)
 
 
-def render_view(scene: Scene, cams, background: tuple[float, float, float]) -> np.ndarray:
+def render_view(scene: ViewScene, cams, background: tuple[float, float, float]) -> np.ndarray:
     """``[H, W, 3]`` uint8 render of ``scene``'s Gaussians for one camera (CPU rasteriser)."""
-    from pipelines.raster import rasterize
 
     with torch.no_grad():
         out = rasterize(
@@ -103,7 +111,7 @@ class Viewer:
 
     def __init__(
         self,
-        scene: Scene,
+        scene: ViewScene,
         host: str = LOCALHOST,
         port: int = 0,
         renders: Path | None = None,
@@ -174,7 +182,6 @@ class Viewer:
         cams = self.scene.cameras
         if cams is None:
             return []
-        from pipelines.cameras.geometry import focal_to_angle
 
         frustums = []
         size = 0.15 * self.scene.radius
@@ -264,7 +271,6 @@ class Viewer:
             return
 
         def settle() -> None:
-            from pipelines.viewer.scene import view_colors
 
             seen = None
             while seen is None or not np.allclose(seen, self._sh_eye):
@@ -279,7 +285,6 @@ class Viewer:
 
     def render_client(self, client) -> Path:
         """Render what ``client`` sees with geolrm's rasteriser; save and return the PNG path."""
-        from pipelines.export.media import write_png
 
         cam = client.camera
         width, height = render_size(cam.image_width, cam.image_height)

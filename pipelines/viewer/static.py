@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.cameras.geometry import focal_to_angle
 from pipelines.io_utils import write_text_atomic
-from pipelines.viewer.scene import Scene, splat_arrays
+from pipelines.viewer.scene import ViewScene, splat_arrays
 
 TEMPLATE = Path(__file__).with_name("splat_page.html")
 FOV_DEG = 50.0
 
 
-def page_data(scene: Scene) -> tuple[dict, bytes]:
+def page_data(scene: ViewScene) -> tuple[dict, bytes]:
     """``(meta, payload)`` embedded in the page: float32 centres ``[N, 3]``, float32 covariance
     upper triangles ``[N, 6]`` (xx xy xz yy yz zz), uint8 RGBA ``[N, 4]``, back to back."""
     a = splat_arrays(scene.gaussians)
@@ -41,8 +42,6 @@ def page_data(scene: Scene) -> tuple[dict, bytes]:
     position, target, _ = scene.home_camera(FOV_DEG)
     cameras = []
     if scene.cameras is not None:
-        from pipelines.cameras.geometry import focal_to_angle
-
         cams = scene.cameras
         for i in range(len(cams)):
             cameras.append(
@@ -64,7 +63,7 @@ def page_data(scene: Scene) -> tuple[dict, bytes]:
 
 
 def write_html(
-    scene: Scene, path: str | Path, background: tuple[int, int, int] = (255, 255, 255)
+    scene: ViewScene, path: str | Path, background: tuple[int, int, int] = (255, 255, 255)
 ) -> Path:
     """Write the self-contained page for ``scene`` to ``path`` (atomically) and return it.
 
