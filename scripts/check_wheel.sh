@@ -32,7 +32,12 @@ import sys
 import zipfile
 
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-need = {"pipelines/weights.toml", "pipelines/__init__.py", "geolrm_cli/app.py"}
+need = {
+    "pipelines/weights.toml",
+    "pipelines/viewer/splat_page.html",
+    "pipelines/__init__.py",
+    "geolrm_cli/app.py",
+}
 missing = sorted(need - names)
 if missing:
     sys.exit(f"check_wheel: the wheel lacks {', '.join(missing)}")
