@@ -99,3 +99,9 @@ TEXTURE_SIZE = typer.Option(
     max=8192,
     help="Texture side in pixels (--texture).",
 )
+
+# --------------------------------------------------------------------------- local servers
+HOST = typer.Option(
+    "127.0.0.1", "--host", help="Interface to bind; anything but 127.0.0.1 exposes it."
+)
+PORT = typer.Option(0, "--port", min=0, max=65535, help="TCP port (0: a free one).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 
@@ -30,3 +31,13 @@ class Note(UserWarning):
 def note(message: str) -> None:
     """Emit ``message`` as a :class:`Note` (one line; shown once per call site and message)."""
     warnings.warn(" ".join(str(message).split()), Note, stacklevel=2)
+
+
+def require_package(module: str, needed_for: str, extra: str, spec: str) -> None:
+    """Raise the one-line :class:`InputError` naming the install command when the optional
+    package ``module`` is not installed (``extra``: geolrm's extra, ``spec``: the pip spec)."""
+    if importlib.util.find_spec(module) is None:
+        raise InputError(
+            f"{needed_for} needs {module}, an optional dependency; install it with "
+            f"pip install 'geolrm[{extra}]' (or pip install '{spec}')"
+        )

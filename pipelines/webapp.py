@@ -19,7 +19,6 @@ worker: one device), each browser session writes into its own folder, removed
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import shutil
 import tempfile
@@ -31,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.defaults import MV_DEFAULTS
-from pipelines.errors import InputError
+from pipelines.defaults import MV_DEFAULTS, OPTIMIZE_ITERATIONS, OPTIMIZE_RESOLUTION, SEED
+from pipelines.errors import InputError, require_package
 from pipelines.generate import Generator, GenOptions
 from pipelines.options import ReconOptions
 from pipelines.recon import recon
@@ -42,19 +41,9 @@ from pipelines.splats.io import load_gaussians, save_gaussians
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def gradio_available() -> bool:
-    """True when the optional ``gradio`` package is installed."""
-
-    return importlib.util.find_spec("gradio") is not None
-
-
 def require_gradio() -> None:
-    """Raise the one-line :class:`InputError` with the install command when gradio is missing."""
-    if not gradio_available():
-        raise InputError(
-            "the web app needs gradio, an optional dependency; install it with "
-            "pip install 'geolrm[app]' (or pip install 'gradio>=5')"
-        )
+    """Raise the one-line :class:`InputError` naming the install command when gradio is missing."""
+    require_package("gradio", "the web app", "app", "gradio>=5")
 
 
 @dataclass
@@ -384,10 +373,10 @@ def recon_views(
     transforms: Path,
     out: Path,
     method: str = "geolrm",
-    iterations: int = 1500,
-    resolution: int = 256,
+    iterations: int = OPTIMIZE_ITERATIONS,
+    resolution: int = OPTIMIZE_RESOLUTION,
     mesh: bool = False,
-    seed: int = 42,
+    seed: int = SEED,
     device: str = "cpu",
     checkpoint: Path | None = None,
     config: Path | None = None,
@@ -490,6 +479,17 @@ def build_app(cfg: AppConfig, sessions: Sessions):
     run_photo.__annotations__["request"] = gr.Request
     run_posed.__annotations__["request"] = gr.Request
 
+    def results(tab: str):
+        """The result widgets of a tab: the splats, the mesh, the turntable, the downloads."""
+        return (
+            gr.Model3D(label="Gaussians", clear_color=(1, 1, 1, 1), elem_id=f"{tab}-model"),
+            gr.Model3D(label="Mesh (with Mesh ticked)", elem_id=f"{tab}-mesh"),
+            gr.Video(label="Turntable", interactive=False, elem_id=f"{tab}-video"),
+            gr.File(
+                label="Downloads", file_count="multiple", interactive=False, elem_id=f"{tab}-files"
+            ),
+        )
+
     with gr.Blocks(title="geolrm", delete_cache=(600, int(cfg.keep_minutes * 60))) as demo:
         gr.Markdown(
             "# geolrm\nOne photo, or a set of posed photos, to 3D Gaussians "
@@ -513,7 +513,7 @@ def build_app(cfg: AppConfig, sessions: Sessions):
                         0, 21, value=0, step=1, label="Views (0: the model's, zero123pp 6, sv3d 21)"
                     )
                     steps = gr.Slider(1, 150, value=default_steps, step=1, label="Steps")
-                    seed = gr.Number(42, label="Seed", precision=0)
+                    seed = gr.Number(SEED, label="Seed", precision=0)
                     with gr.Row():
                         mesh = gr.Checkbox(False, label="Mesh")
                         texture = gr.Checkbox(False, label="Texture")
@@ -525,17 +525,7 @@ def build_app(cfg: AppConfig, sessions: Sessions):
                         grid = gr.Image(
                             label="Multi-view grid", interactive=False, elem_id="photo-grid"
                         )
-                    model3d = gr.Model3D(
-                        label="Gaussians", clear_color=(1, 1, 1, 1), elem_id="photo-model"
-                    )
-                    mesh3d = gr.Model3D(label="Mesh (with Mesh ticked)", elem_id="photo-mesh")
-                    video = gr.Video(label="Turntable", interactive=False, elem_id="photo-video")
-                    files = gr.File(
-                        label="Downloads",
-                        file_count="multiple",
-                        interactive=False,
-                        elem_id="photo-files",
-                    )
+                    model3d, mesh3d, video, files = results("photo")
             go.click(
                 run_photo,
                 [photo, mv, views, steps, seed, mesh, texture, remove_bg],
@@ -560,30 +550,25 @@ def build_app(cfg: AppConfig, sessions: Sessions):
                     iterations = gr.Slider(
                         10,
                         5000,
-                        value=1500,
+                        value=OPTIMIZE_ITERATIONS,
                         step=10,
                         label="Iterations",
                         elem_id="posed-iterations",
                     )
                     resolution = gr.Slider(
-                        64, 512, value=256, step=32, label="Resolution", elem_id="posed-resolution"
+                        64,
+                        512,
+                        value=OPTIMIZE_RESOLUTION,
+                        step=32,
+                        label="Resolution",
+                        elem_id="posed-resolution",
                     )
                     pmesh = gr.Checkbox(False, label="Mesh")
-                    pseed = gr.Number(42, label="Seed", precision=0)
+                    pseed = gr.Number(SEED, label="Seed", precision=0)
                     pgo = gr.Button("Reconstruct", variant="primary")
                 with gr.Column():
                     pstatus = gr.Markdown(elem_id="posed-status")
-                    pmodel = gr.Model3D(
-                        label="Gaussians", clear_color=(1, 1, 1, 1), elem_id="posed-model"
-                    )
-                    pmesh3d = gr.Model3D(label="Mesh (with Mesh ticked)", elem_id="posed-mesh")
-                    pvideo = gr.Video(label="Turntable", interactive=False, elem_id="posed-video")
-                    pfiles = gr.File(
-                        label="Downloads",
-                        file_count="multiple",
-                        interactive=False,
-                        elem_id="posed-files",
-                    )
+                    pmodel, pmesh3d, pvideo, pfiles = results("posed")
             pgo.click(
                 run_posed,
                 [upload, method, iterations, resolution, pmesh, pseed],

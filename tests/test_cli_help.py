@@ -43,3 +43,15 @@ def test_usage_errors_exit_2_without_traceback(cli, args, fragment):
     code, _, err = cli(*args)
     assert code == 2
     assert "Traceback" not in err and fragment in err
+
+
+def test_missing_optional_package_is_one_line() -> None:
+    from pipelines.errors import InputError, require_package
+
+    require_package("json", "the thing", "extra", "json")  # installed: nothing happens
+    with pytest.raises(InputError) as e:
+        require_package("no_such_package_xyz", "the viewer", "viewer", "no-such-package>=1")
+    assert str(e.value) == (
+        "the viewer needs no_such_package_xyz, an optional dependency; install it with "
+        "pip install 'geolrm[viewer]' (or pip install 'no-such-package>=1')"
+    )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from geolrm_cli import options as opt
 from geolrm_cli.options import DEVICE
 
 
@@ -30,10 +31,8 @@ def free_port(host: str) -> int:
 
 
 def app_cmd(
-    host: str = typer.Option(
-        "127.0.0.1", "--host", help="Interface to bind; anything but 127.0.0.1 exposes it."
-    ),
-    port: int = typer.Option(0, "--port", min=0, max=65535, help="TCP port (0: a free one)."),
+    host: str = opt.HOST,
+    port: int = opt.PORT,
     device: str = DEVICE,
     work_dir: Path | None = typer.Option(
         None,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from geolrm_cli import options as opt
 from geolrm_cli.options import ASSUME_UP, Up
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -48,10 +49,8 @@ def view(
         "--html",
         help="Write one self-contained page (opens from file://, no server) and exit.",
     ),
-    host: str = typer.Option(
-        "127.0.0.1", "--host", help="Interface to bind; anything but 127.0.0.1 exposes it."
-    ),
-    port: int = typer.Option(0, "--port", min=0, max=65535, help="TCP port (0: a free one)."),
+    host: str = opt.HOST,
+    port: int = opt.PORT,
     background: str = typer.Option(
         "white", "--background", help="Background colour: white, black, grey, #rrggbb or r,g,b."
     ),

@@ -14,7 +14,6 @@ into it and adds geolrm's controls:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import threading
 import time
@@ -27,7 +26,7 @@ import torch
 
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.geometry import focal_to_angle
-from pipelines.errors import InputError
+from pipelines.errors import require_package
 from pipelines.export.media import write_png
 from pipelines.raster import rasterize
 from pipelines.splats.gaussians import quat_to_matrix
@@ -48,19 +47,9 @@ RENDER_MAX_SIDE = 1024
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0])
 
 
-def viser_available() -> bool:
-    """True when the optional ``viser`` package is installed."""
-
-    return importlib.util.find_spec("viser") is not None
-
-
 def require_viser() -> None:
     """Raise the one-line :class:`InputError` naming the install command when viser is missing."""
-    if not viser_available():
-        raise InputError(
-            "the viewer needs viser, an optional dependency; install it with "
-            "pip install 'geolrm[viewer]' (or pip install 'viser>=1.1')"
-        )
+    require_package("viser", "the viewer", "viewer", "viser>=1.1")
 
 
 def camera_from_viser(
