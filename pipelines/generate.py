@@ -514,7 +514,9 @@ class Generator:
             on_stage(f"Multi-view diffusion ({self.mv.name}, {steps} steps)", steps)
             with _measure(stats, f"multi-view ({self.mv.name})", dev):
                 views = self._mv_stage(
-                    lambda: self.mv.generate(prep.image, seed, lambda i, n: step(1))
+                    # the image the official pipeline is handed (Zero123++: before its own
+                    # CLIP / VAE resizing, so both branches see what they see there)
+                    lambda: self.mv.generate(prep.condition, seed, lambda i, n: step(1))
                 )
             _save_png(stage.file(layout.SHEET), views.sheet)
             views_dir = stage.file(layout.VIEWS)

@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tiny_multiview as tm
 import torch
@@ -278,6 +279,29 @@ def test_refine_is_passed_through(tmp_path, tiny, cli) -> None:
     )
     assert code == 0, err
     assert "refine (3)" in err
+
+
+def test_zero123pp_is_handed_the_official_condition(tmp_path, tiny, cli, monkeypatch) -> None:
+    """The Zero123++ pipeline gets what run_geolrm_zero123.py hands its pipeline: the framed
+    photo on white at the photo's resolution (``to_rgb_image``), which its CLIP and VAE
+    processors then resize each their own way, not the VAE-sized image."""
+    from pipelines import preprocess as pp
+    from pipelines.multiview.zero123pp import Zero123PlusPipeline
+
+    seen = []
+    call = Zero123PlusPipeline.__call__
+
+    def spy(self, image, *args, **kwargs):
+        seen.append(image.copy())
+        return call(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(Zero123PlusPipeline, "__call__", spy)
+    with Image.open(PHOTO) as im:
+        want = pp.preprocess(im, size=tm.COND, background=(255, 255, 255)).condition
+    code, _, err = cli("gen", PHOTO, "-o", tmp_path / "out", *tiny, *FAST)
+    assert code == 0, err
+    assert len(seen) == 1 and seen[0].size == want.size != (tm.COND, tm.COND)
+    assert np.array_equal(np.asarray(seen[0]), np.asarray(want))
 
 
 def test_bad_options(tmp_path, tiny, cli) -> None:
