@@ -5,7 +5,7 @@
 * :mod:`~pipelines.cameras.similarity` -- similarity transforms and their JSON files;
 * :mod:`~pipelines.cameras.orbits` -- orbit poses and cameras, the turntable;
 * :mod:`~pipelines.cameras.normalize` -- user frame -> GeoLRM's model frame;
-* :mod:`~pipelines.cameras.dataparsers` -- camera files (``transforms.json``);
+* :mod:`~pipelines.cameras.dataparsers` -- camera files (``transforms.json``, G-Objaverse);
 * :mod:`~pipelines.cameras.images` -- the views' images, padded and resized with their K.
 
 Each module states its conventions at the top; this file only re-exports, and only the camera
