@@ -4,8 +4,9 @@ Enough for G-Objaverse's ``_nd.exr`` (normal + depth) files: single-part **scanl
 with ``HALF``, ``FLOAT`` or ``UINT`` channels, compressed ``NONE``, ``ZIPS`` or ``ZIP`` (zlib
 after OpenEXR's byte interleave and delta predictor), or ``RLE`` (read only, and untested: no
 sample file). Tiled, deep and multi-part files and the other codecs (PIZ, PXR24, B44, DWA) are
-refused with a one-line :class:`~pipelines.errors.InputError` naming a conversion. Layout references: the OpenEXR
-file-layout document (magic, version flags, header attributes, offset table, chunks).
+refused with a one-line :class:`~pipelines.errors.InputError` naming a conversion. Layout
+references: the OpenEXR file-layout document (magic, version flags, header attributes, offset
+table, chunks).
 """
 
 from __future__ import annotations
