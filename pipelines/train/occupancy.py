@@ -5,14 +5,15 @@ Conventions: the grid covers the model frame's cube ``[-0.5, 0.5]³`` (index ord
 camera-to-world ``[V, 4, 4]`` with pixel-unit intrinsics ``[V, 3, 3]``; a depth map is the
 camera-space z along the optical axis (world units, 0 = no surface), sampled at pixel centres.
 
-Two sources, as the issue asks:
+Two sources:
 
 * **Depth maps** (the official ``tools/create_occ_gts.py``): every view's depth is lifted to 3D
   at the pixel centres, the pixels next to the background dropped (the official code dilates
   the invalid mask by a 3x3 kernel: "the edge of the depth map is not reliable"), all views
   fused, and the points binned. This gives the visible *surface* (a shell), as the official
   ground truth.
-* **Surface points or a mesh**: binned the same way and, where the surface is closed, filled:
+* **Surface points** (``points.npy``, or points sampled on a mesh): binned the same way and,
+  where the surface is closed, filled:
   a :class:`SolidGrid` is computed once per object in its own frame, and each sample's grid
   adds the cells whose centre it contains. A solid, not a shell.
 
