@@ -58,11 +58,6 @@ def _vgg16_trunk() -> nn.Sequential:
     return nn.Sequential(*layers[: TAPS[-1] + 1])  # the last max-pool is never used
 
 
-def _tap_channels() -> list[int]:
-    trunk = _vgg16_trunk()
-    return [trunk[i - 1].out_channels for i in TAPS]
-
-
 class LPIPS(nn.Module):
     """LPIPS distance with a VGG16 trunk; parameters are frozen (``requires_grad=False``) but
     gradients flow to the images.
@@ -74,7 +69,8 @@ class LPIPS(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = _vgg16_trunk()
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _tap_channels())
+        channels = [self.features[i - 1].out_channels for i in TAPS]  # the conv before each ReLU
+        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in channels)
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
