@@ -166,11 +166,16 @@ class SolidGrid:
         return lo + bits * size
 
 
-def cell_centres(grid: int) -> torch.Tensor:
-    """``[grid, grid, grid, 3]`` model-frame centres of the ground truth's cells: the points
-    the official binning rounds to cell ``i``, ``i / grid - 0.5`` (see QUIRK above)."""
-    lin = torch.arange(grid, dtype=torch.float64) / grid - 0.5
-    return torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1)
+def cell_centres(grid: int, lo=(0, 0, 0), hi=None) -> torch.Tensor:
+    """``[X, Y, Z, 3]`` model-frame centres of the ground truth's cells ``lo <= i < hi`` (all
+    by default): the points the official binning rounds to cell ``i``, ``i / grid - 0.5`` (see
+    QUIRK above)."""
+    hi = (grid, grid, grid) if hi is None else hi
+    axes = [
+        torch.arange(int(a), int(b), dtype=torch.float64) / grid - 0.5
+        for a, b in zip(lo, hi, strict=True)
+    ]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
 
 def occupancy_grid(
@@ -203,7 +208,7 @@ def occupancy_grid(
             box = apply_similarity(to_model, box)
         lo = torch.floor((box.min(0).values + 0.5) * grid).long().clamp(0, grid - 1)
         hi = torch.ceil((box.max(0).values + 0.5) * grid).long().clamp(0, grid - 1) + 1
-        sub = cell_centres(grid)[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        sub = cell_centres(grid, lo.tolist(), hi.tolist())
         if to_model is not None:
             sub = apply_similarity(invert_similarity(to_model), sub)
         occ[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] |= solid.contains(sub)
