@@ -42,7 +42,6 @@ from pipelines.optimize.trainer import StepInfo, TrainConfig, optimize_gaussians
 from pipelines.optimize.visual_hull import VisualHull, carve_visual_hull, hull_gaussians
 from pipelines.scene import Scene, to_model_frame
 from pipelines.splats.gaussians import Gaussians
-from pipelines.threads import torch_threads
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -102,6 +101,19 @@ def _check_resolution(resolution: int) -> None:
         raise InputError(f"--resolution {resolution} is too small; use at least 16 (e.g. 256)")
 
 
+def _recorder(
+    history: list[StepInfo], on_step: Callable[[StepInfo], None] | None
+) -> Callable[[StepInfo], None]:
+    """A step callback that appends each step to ``history``, then calls ``on_step``."""
+
+    def record(info: StepInfo) -> None:
+        history.append(info)
+        if on_step is not None:
+            on_step(info)
+
+    return record
+
+
 def optimize_views(
     cams: Cameras,
     resolution: int = OPTIMIZE_RESOLUTION,
@@ -158,28 +170,21 @@ def optimize_views(
     if init is None:
         t = time.perf_counter()
         stage("Carving the visual hull")
-        with torch_threads(1 if str(device) == "cpu" else None):
-            if n_init is None:
-                n_init = int(
-                    min(100_000, max(2_000, DEFAULT_INIT_GAUSSIANS * (resolution / 256) ** 2))
-                )
-            if hull_resolution is None:
-                hull_resolution = int(min(160, max(32, resolution // 2)))
-            hull = carve_visual_hull(cams_model, masks, resolution=hull_resolution, margin_px=0.5)
-            init_model = hull_gaussians(
-                hull, cams_model, images, n_init, seed=seed, masks=masks, thickness=thickness
-            )
+        if n_init is None:
+            n_init = int(min(100_000, max(2_000, DEFAULT_INIT_GAUSSIANS * (resolution / 256) ** 2)))
+        if hull_resolution is None:
+            hull_resolution = int(min(160, max(32, resolution // 2)))
+        # both run on one torch thread (their own pipelines.threads.torch_threads decorator)
+        hull = carve_visual_hull(cams_model, masks, resolution=hull_resolution, margin_px=0.5)
+        init_model = hull_gaussians(
+            hull, cams_model, images, n_init, seed=seed, masks=masks, thickness=thickness
+        )
         timings["hull"] = time.perf_counter() - t
     else:
         init_model = init.to(torch.float64).transformed(m).to(torch.float32)
 
     history: list[StepInfo] = []
-
-    def step_cb(info: StepInfo) -> None:
-        history.append(info)
-        if on_step is not None:
-            on_step(info)
-
+    step_cb = _recorder(history, on_step)
     t = time.perf_counter()
     stage(f"Optimising {cfg.iterations} steps", cfg.iterations)
     g_model = optimize_gaussians(
@@ -218,12 +223,7 @@ def refine_result(
     cams_model = scene.cameras_model.resized(resolution, resolution)
     stage(f"Refining {iterations} steps", int(iterations))
     history = list(scene.history)
-
-    def step_cb(info: StepInfo) -> None:
-        history.append(info)
-        if on_step is not None:
-            on_step(info)
-
+    step_cb = _recorder(history, on_step)
     g_model = optimize_gaussians(
         scene.gaussians_model, cams_model, images, masks, cfg, on_step=step_cb, device=device
     )

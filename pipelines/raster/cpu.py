@@ -267,7 +267,6 @@ def _project_bwd_kernel(means, quats, scales, cam, consts, g_m2d, g_con, g_depth
     g_scales = np.zeros((n, 3), dtype=dt)
     for i in prange(n):
         rr, mm, sig = _covar3d(quats, scales, i, one, two)
-        s00, s01, s02, s11, s12, s22 = sig
         gs00 = zero
         gs01 = zero
         gs02 = zero

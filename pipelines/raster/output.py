@@ -78,7 +78,7 @@ class RenderOutput:
     meta: RenderMeta | None = None
 
 
-def finish(acc: Tensor, alpha: Tensor, bg: Tensor, meta: RenderMeta | None = None) -> RenderOutput:
+def finish(acc: Tensor, alpha: Tensor, bg: Tensor) -> RenderOutput:
     """Accumulated ``[C,H,W,4]`` (RGB + z) and alpha ``[C,H,W,1]`` of a pure-PyTorch compositor,
     and the background ``[C, 3]`` -> :class:`RenderOutput` (the CPU kernel fuses the same two
     steps)."""
@@ -87,4 +87,4 @@ def finish(acc: Tensor, alpha: Tensor, bg: Tensor, meta: RenderMeta | None = Non
     depth = torch.where(
         ok, acc[..., 3:4] / alpha.clamp_min(DEPTH_ALPHA_MIN), torch.zeros_like(alpha)
     )
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, meta=meta)
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
