@@ -39,7 +39,6 @@ from pipelines.splats.ply import save_ply
 __all__ = [
     "Staging",
     "check_output_dir",
-    "output_paths",
     "write_mesh",
     "write_outputs",
     "write_scene",
@@ -155,13 +154,6 @@ class Staging:
 
 # --------------------------------------------------------------------------------------------
 # the files
-
-
-def output_paths(
-    out_dir: PathLike, save_raw: bool = False, video: bool = True, mesh: bool = False
-) -> list[Path]:
-    """The files :func:`write_outputs` writes into ``out_dir``."""
-    return [Path(out_dir) / n for n in layout.recon_names(save_raw, video, mesh)]
 
 
 def _cameras_json(scene: Scene, base_dir: Path) -> dict:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pipelines import layout
 from pipelines.cameras.cameras import Cameras
-from pipelines.defaults import MIN_OPACITY, OPTIMIZE_ITERATIONS
+from pipelines.defaults import MIN_OPACITY
 from pipelines.errors import InputError
 from pipelines.optimize import check_masks, optimize_views, refine_result
 from pipelines.options import ReconOptions
@@ -208,7 +208,7 @@ class Recon:
             scene: Scene = optimize_views(
                 cams,
                 resolution=opts.resolution,
-                iterations=opts.iterations or OPTIMIZE_ITERATIONS,
+                iterations=opts.iterations,
                 seed=opts.seed,
                 device=dev,
                 on_step=on_step,
@@ -264,9 +264,9 @@ class Recon:
             video=turntable,
             device=dev,
             protect=self.protect,
-            on_video_frame=on_frame if turntable is not None else None,
+            on_video_frame=on_frame,
             mesh=mesh,
-            on_mesh_view=on_mesh_view if mesh is not None else None,
+            on_mesh_view=on_mesh_view,
         )
         return ReconRun(scene, self.out_dir, files, len(cams), time.perf_counter() - t0)
 

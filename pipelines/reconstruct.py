@@ -474,9 +474,6 @@ class GeoLRMPipeline:
         precision: ``fp32``; ``bf16``/``fp16`` run under CUDA autocast.
     """
 
-    max_views = MAX_VIEWS
-    patch = PATCH
-
     def __init__(self, model, device: str = "cpu", precision: str = "fp32") -> None:
         self.model = model
         self.device = device
