@@ -18,7 +18,6 @@ worker: one device), each browser session writes into its own folder, removed
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.cameras.dataparsers import IMAGE_EXTENSIONS
 from pipelines.defaults import MV_DEFAULTS, OPTIMIZE_ITERATIONS, OPTIMIZE_RESOLUTION, SEED
 from pipelines.errors import InputError, require_package
 from pipelines.generate import Generator, GenOptions
@@ -38,7 +38,8 @@ from pipelines.recon import recon
 from pipelines.reconstruct import resolve_checkpoint
 from pipelines.splats.io import load_gaussians, save_gaussians
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: Image files a posed-views upload may hold (the transforms.json reader's, lower case).
+IMAGE_SUFFIXES = tuple(dict.fromkeys(e.lower() for e in IMAGE_EXTENSIONS))
 
 
 def require_gradio() -> None:
@@ -577,8 +578,3 @@ def build_app(cfg: AppConfig, sessions: Sessions):
             )
     demo.queue(default_concurrency_limit=1)
     return demo
-
-
-def with_options(cfg: AppConfig, **changes) -> AppConfig:
-    """A copy of ``cfg`` with some fields replaced."""
-    return dataclasses.replace(cfg, **changes)

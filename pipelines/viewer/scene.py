@@ -21,6 +21,7 @@ from PIL import Image
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.dataparsers import load_transforms
 from pipelines.cameras.geometry import fit_distance, fov_to_focal, look_at
+from pipelines.defaults import TURNTABLE_ELEVATION_DEG
 from pipelines.errors import InputError
 from pipelines.render import object_bounds
 from pipelines.splats.frames import world_to_file
@@ -33,6 +34,12 @@ MESH_NAME = "mesh.glb"
 CAMERAS_NAME = "cameras.json"
 THUMBNAIL = 128
 """Longest side in pixels of the view images shown on the camera frustums."""
+
+
+#: Vertical field of view of the viewer's camera (the live viewer and the static page).
+FOV_DEG = 50.0
+#: Camera frustums are drawn this fraction of the object's radius deep.
+FRUSTUM_SCALE = 0.15
 
 
 @dataclass
@@ -57,16 +64,16 @@ class ViewScene:
     centre: np.ndarray = field(default_factory=lambda: np.zeros(3))
     radius: float = 1.0
 
-    def home_camera(self, fov_deg: float = 50.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def home_camera(self, fov_deg: float = FOV_DEG) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(position, look_at, up)`` of the initial view: the object fills the view, seen from
-        azimuth 0 (on +x) and 20 degrees above, z up (the turntable's first frame)."""
+        azimuth 0 (on +x) and the turntable's elevation above, z up (its first frame)."""
 
         d = fit_distance(self.radius, fov_deg, margin=1.15)
-        el = math.radians(20.0)
+        el = math.radians(TURNTABLE_ELEVATION_DEG)
         offset = np.array([math.cos(el), 0.0, math.sin(el)]) * d
         return self.centre + offset, self.centre.copy(), np.array([0.0, 0.0, 1.0])
 
-    def home_view(self, width: int, height: int, fov_deg: float = 50.0) -> Cameras:
+    def home_view(self, width: int, height: int, fov_deg: float = FOV_DEG) -> Cameras:
         """The initial view as a geolrm camera (``fov_deg`` vertical), for renders that the
         browser's first frame can be compared with."""
 

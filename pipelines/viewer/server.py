@@ -25,12 +25,14 @@ import numpy as np
 import torch
 
 from pipelines.cameras.cameras import Cameras
-from pipelines.cameras.geometry import focal_to_angle
+from pipelines.cameras.geometry import angle_to_focal, focal_to_angle
 from pipelines.errors import require_package
 from pipelines.export.media import write_png
 from pipelines.raster import rasterize
 from pipelines.splats.gaussians import quat_to_matrix
 from pipelines.viewer.scene import (
+    FOV_DEG,
+    FRUSTUM_SCALE,
     ViewScene,
     mesh_glb_to_world,
     rotation_wxyz,
@@ -39,7 +41,6 @@ from pipelines.viewer.scene import (
 )
 
 LOCALHOST = "127.0.0.1"
-FOV_DEG = 50.0
 RENDER_MAX_SIDE = 1024
 """Longest side of *Render PNG* images (the browser canvas is scaled down to fit)."""
 
@@ -65,7 +66,7 @@ def camera_from_viser(
     c2w = np.eye(4)
     c2w[:3, :3] = rot @ _CV_TO_GL
     c2w[:3, 3] = position
-    fy = 0.5 * height / np.tan(0.5 * fov_rad)
+    fy = angle_to_focal(fov_rad, height)
     k = np.array([[fy, 0.0, width / 2], [0.0, fy, height / 2], [0.0, 0.0, 1.0]])
     return Cameras(torch.as_tensor(c2w[None]), torch.as_tensor(k[None]), width, height)
 
@@ -173,7 +174,7 @@ class Viewer:
             return []
 
         frustums = []
-        size = 0.15 * self.scene.radius
+        size = FRUSTUM_SCALE * self.scene.radius
         for i in range(len(cams)):
             c2w = cams.c2w[i].double().numpy()
             fov = focal_to_angle(float(cams.K[i, 1, 1]), cams.height)

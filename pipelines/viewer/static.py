@@ -19,10 +19,9 @@ import numpy as np
 
 from pipelines.cameras.geometry import focal_to_angle
 from pipelines.io_utils import write_text_atomic
-from pipelines.viewer.scene import ViewScene, splat_arrays
+from pipelines.viewer.scene import FOV_DEG, FRUSTUM_SCALE, ViewScene, splat_arrays
 
 TEMPLATE = Path(__file__).with_name("splat_page.html")
-FOV_DEG = 50.0
 
 
 def page_data(scene: ViewScene) -> tuple[dict, bytes]:
@@ -57,7 +56,7 @@ def page_data(scene: ViewScene) -> tuple[dict, bytes]:
         "home": {"position": position.tolist(), "target": target.tolist()},
         "cameras": cameras,
         "showCameras": bool(cameras),
-        "frustumSize": 0.15 * scene.radius,
+        "frustumSize": FRUSTUM_SCALE * scene.radius,
     }
     return meta, payload
 

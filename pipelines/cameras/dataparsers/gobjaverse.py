@@ -46,7 +46,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipelines.cameras.cameras import Cameras, PathLike
 from pipelines.cameras.dataparsers.exr import read_exr
-from pipelines.cameras.geometry import fov_to_focal
+from pipelines.cameras.geometry import angle_to_focal
 from pipelines.errors import path_error
 
 __all__ = [
@@ -210,26 +210,13 @@ def parse_gobjaverse(path: PathLike, require_depth: bool = False) -> GObjaverseO
         raise path_error(root, "no _nd.exr depth files", "render the depth too")
     K = torch.zeros(len(dirs), 3, 3, dtype=torch.float64)
     for i, (fx, fy) in enumerate(fovs):
-        K[i, 0, 0] = fov_to_focal(math.degrees(fx), w)
-        K[i, 1, 1] = fov_to_focal(math.degrees(fy), h)
+        K[i, 0, 0] = angle_to_focal(fx, w)
+        K[i, 1, 1] = angle_to_focal(fy, h)
         K[i, 0, 2], K[i, 1, 2], K[i, 2, 2] = 0.5 * w, 0.5 * h, 1.0
     c2w = torch.from_numpy(np.stack(poses))
     cams = Cameras(c2w.float(), K.float(), w, h, images)
     paths = tuple(p for p in depths if p is not None) if all(have) else None
     return GObjaverseObject(root, cams, tuple(int(d.name) for d in dirs), paths)
-
-
-def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
-    """Binary dilation by a ``(2r+1)²`` box (as ``cv2.dilate``; nothing beyond the border)."""
-    h, w = mask.shape
-    pad = np.pad(mask, r)
-    rows = np.zeros((h + 2 * r, w), dtype=bool)
-    for dx in range(2 * r + 1):
-        rows |= pad[:, dx : dx + w]
-    out = np.zeros((h, w), dtype=bool)
-    for dy in range(2 * r + 1):
-        out |= rows[dy : dy + h]
-    return out
 
 
 def read_gobjaverse_depth(
@@ -262,6 +249,9 @@ def read_gobjaverse_depth(
         with np.errstate(invalid="ignore"):
             invalid |= depth < camera_distance - NEAR_MARGIN
     if erode_px > 0 and invalid.any():
-        invalid = _dilate(invalid, erode_px)
+        from scipy import ndimage  # lazy: reconstruct imports this package
+
+        box = np.ones((2 * erode_px + 1, 2 * erode_px + 1), dtype=bool)
+        invalid = ndimage.binary_dilation(invalid, box)  # as cv2.dilate: nothing beyond the border
     depth[invalid] = 0.0
     return depth
