@@ -33,6 +33,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from pipelines.cameras.similarity import apply_similarity, invert_similarity
+from pipelines.optimize.photometric import backproject
 
 __all__ = [
     "EDGE_ERODE_PX",
@@ -66,18 +67,13 @@ def depth_points(
     depth = torch.as_tensor(depth, dtype=torch.float64)
     c2w = torch.as_tensor(c2w, dtype=torch.float64)
     K = torch.as_tensor(K, dtype=torch.float64)
-    V, H, W = depth.shape
+    V = depth.shape[0]
     valid = depth.numpy() > 0
     if erode_px > 0:
         box = np.ones((1, 2 * erode_px + 1, 2 * erode_px + 1), dtype=bool)
         valid = ndimage.binary_erosion(valid, box, border_value=1)  # as cv2.dilate: no border
     valid = torch.from_numpy(valid)
-    v, y, x = torch.nonzero(valid, as_tuple=True)
-    z = depth[v, y, x]
-    fx, fy, cx, cy = K[v, 0, 0], K[v, 1, 1], K[v, 0, 2], K[v, 1, 2]
-    # OpenGL camera: x right, y up, looking down -z; image rows go down
-    cam = torch.stack([(x + 0.5 - cx) / fx * z, -(y + 0.5 - cy) / fy * z, -z], dim=-1)
-    return torch.einsum("mij,mj->mi", c2w[v, :3, :3], cam) + c2w[v, :3, 3]
+    return torch.cat([backproject(depth[i], c2w[i], K[i])[valid[i]] for i in range(V)])
 
 
 def voxel_indices(points: torch.Tensor, grid: int) -> torch.Tensor:
