@@ -15,8 +15,10 @@ A sample (:class:`TrainDataset`, keyed by :data:`SampleKey`) draws ``n_inputs`` 
 frames it sees at inference; the target cameras, the depth (times the similarity's scale) and
 the occupancy points follow the same ``M``. Images: inputs are composited on white, padded
 square and resized bicubic (:func:`pipelines.cameras.images.load_views`, bit for bit recon's
-input); targets keep straight colour and alpha (resized premultiplied, then divided, so that
-compositing them on any background equals resizing the composite); depth is padded with 0 and
+input); targets keep straight colour and alpha (from the same read: the white composite less
+``1 - alpha`` is the resized premultiplied colour, resizing being linear, divided by alpha; so
+that compositing them on any background is resizing the composite, up to the clamps of bicubic
+ringing at the silhouette); depth is padded with 0 and
 resized by nearest neighbour ("do not resize depth with bilinear", the official loader), sampled
 at the pixel centres (``nearest-exact``; OpenCV's ``INTER_NEAREST``, which the official uses,
 samples half a pixel off).
@@ -57,7 +59,7 @@ from pipelines.cameras.dataparsers import (
     parse_transforms,
     read_gobjaverse_depth,
 )
-from pipelines.cameras.images import WHITE, image_has_alpha, load_views, load_views_and_masks
+from pipelines.cameras.images import WHITE, image_has_alpha, load_views_and_masks
 from pipelines.cameras.similarity import decompose_similarity
 from pipelines.defaults import MAX_VIEWS
 from pipelines.errors import InputError, note, path_error
@@ -98,10 +100,11 @@ VIEW_CACHE_BYTES = 1 << 30
 #: Fused depth points are merged per cell of ``extent / (DEPTH_MERGE * grid)`` (keeps the cache
 #: small; a quarter of an occupancy cell for an object filling the model cube).
 DEPTH_MERGE = 4
-#: Grids of distinct model frames kept per process (bit-packed, 256 KiB each at 128³).
-GRID_MEMO = 128
+#: Grids of other frames than the object's own kept per process (bit-packed, 256 KiB each at
+#: 128³; the own frame's grid is part of the cache).
+GRID_MEMO = 256
 #: Bump to invalidate every cache file written by an older layout.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 # independent random streams (a tag each) under one user seed
 _SAMPLE, _N_INPUTS, _EPOCH = 0, 1, 2
 
@@ -353,11 +356,24 @@ class OccupancySource:
             samples).
         solid: what the surface encloses, or None (the depth shell, or an open surface).
         source: ``"surface"`` or ``"depth"``.
+        grid: the ``[G, G, G]`` grid binned in the object's own frame (the model frame when
+            ``M`` is the identity: the official rigs, G-Objaverse), bit-packed
+            (``np.packbits``).
     """
 
     points: np.ndarray
     solid: SolidGrid | None
     source: str
+    grid: np.ndarray
+
+    def occupancy(self, size: int, to_model: torch.Tensor | None = None) -> torch.Tensor:
+        """``[size, size, size]`` bool grid in the frame ``to_model`` maps to (the stored one
+        when it is None or the identity)."""
+        if to_model is None or is_identity(to_model):
+            bits = np.unpackbits(self.grid, count=size**3).reshape(size, size, size)
+            return torch.from_numpy(bits.astype(bool))
+        pts = torch.from_numpy(self.points).double()
+        return occupancy_grid(pts, size, to_model=to_model, solid=self.solid)
 
 
 def _cache_inputs(obj: TrainObject) -> tuple[str, list[Path]]:
@@ -427,8 +443,9 @@ def _surface_points(path: Path) -> np.ndarray:
 def _compute_occupancy(obj: TrainObject, source: str, grid: int) -> OccupancySource:
     if source == "surface":
         assert obj.surface is not None
-        pts = _surface_points(obj.surface)
-        return OccupancySource(pts.astype(np.float32), SolidGrid.from_surface(pts), source)
+        pts = _surface_points(obj.surface).astype(np.float32)
+        solid = SolidGrid.from_surface(torch.from_numpy(pts).double())
+        return _with_grid(pts, solid, source, grid)
     cams = obj.cameras
     parts = []
     for v in range(len(cams)):
@@ -439,11 +456,18 @@ def _compute_occupancy(obj: TrainObject, source: str, grid: int) -> OccupancySou
         K = cams.resized(w, h).K[v : v + 1]  # depth maps may be stored at another size
         erode = 0 if exr else EDGE_ERODE_PX
         parts.append(depth_points(d[None], cams.c2w[v : v + 1], K, erode_px=erode).numpy())
-    return OccupancySource(_merge_points(np.concatenate(parts), grid), None, source)
+    return _with_grid(_merge_points(np.concatenate(parts), grid), None, source, grid)
+
+
+def _with_grid(
+    points: np.ndarray, solid: SolidGrid | None, source: str, grid: int
+) -> OccupancySource:
+    occ = occupancy_grid(torch.from_numpy(points).double(), grid, solid=solid)
+    return OccupancySource(points, solid, source, np.packbits(occ.numpy()))
 
 
 def _save_occupancy(path: Path, occ: OccupancySource) -> None:
-    arrays: dict[str, np.ndarray] = {"points": occ.points, "source": np.array(occ.source)}
+    arrays = {"points": occ.points, "source": np.array(occ.source), "grid": occ.grid}
     if occ.solid is not None:
         arrays.update(
             inside=occ.solid.inside, origin=occ.solid.origin, cell=np.array(occ.solid.cell)
@@ -461,7 +485,7 @@ def _load_occupancy(path: Path) -> OccupancySource | None:
             solid = None
             if "inside" in z:
                 solid = SolidGrid(z["inside"], z["origin"], float(z["cell"]))
-            return OccupancySource(z["points"], solid, str(z["source"]))
+            return OccupancySource(z["points"], solid, str(z["source"]), z["grid"])
     except (OSError, ValueError, KeyError):
         return None  # unreadable or half-copied: computed again
 
@@ -611,15 +635,14 @@ class TrainDataset(torch.utils.data.Dataset):
         return self._occ[index]
 
     def _grid(self, index: int, m: torch.Tensor) -> torch.Tensor:
+        src = self._occupancy_source(index)
+        G = self.grid_size
+        if is_identity(m):
+            return src.occupancy(G).float()
         key = (index, m.numpy().tobytes())
         packed = self._grids.get(key)
-        G = self.grid_size
         if packed is None:
-            src = self._occupancy_source(index)
-            occ = occupancy_grid(
-                torch.from_numpy(src.points).double(), G, to_model=m, solid=src.solid
-            )
-            packed = np.packbits(occ.numpy())
+            packed = np.packbits(src.occupancy(G, m).numpy())
             self._grids[key] = packed
             if len(self._grids) > GRID_MEMO:
                 self._grids.popitem(last=False)
@@ -647,11 +670,12 @@ class TrainDataset(torch.utils.data.Dataset):
         obj = self.objects[index]
         one = obj.cameras.subset([v])
         S = self.size
-        white, used = load_views(one, S, WHITE)
-        premult, alpha, _ = load_views_and_masks(one, S, background=(0.0, 0.0, 0.0))
+        white, alpha, used = load_views_and_masks(one, S, WHITE)
         assert alpha is not None  # find_objects checked every view's alpha
         a = alpha[0][None]
-        rgb = torch.where(a > 0, premult[0] / a.clamp_min(1e-8), 0.0).clamp(0.0, 1.0)
+        # resizing is linear: white = premultiplied + (1 - alpha) up to the clamps at edges
+        premult = white[0] - (1.0 - a)
+        rgb = torch.where(a > 0, premult / a.clamp_min(1e-12), 0.0).clamp(0.0, 1.0)
         depth = None
         if obj.depth_paths is not None:
             depth = _resize_depth(_read_depth(obj, v, erode_px=EDGE_ERODE_PX), S)
