@@ -17,6 +17,7 @@ from geolrm_cli.commands import gen as _gen
 from geolrm_cli.commands import mesh as _mesh
 from geolrm_cli.commands import recon as _recon
 from geolrm_cli.commands import render as _render
+from geolrm_cli.commands import train as _train
 from geolrm_cli.commands import view as _view
 from geolrm_cli.commands import weights as _weights
 
@@ -29,6 +30,7 @@ app = typer.Typer(
         "  geolrm gen photo.png -o out/\n\n"
         "  geolrm recon views/ --cameras transforms.json -o out/\n\n"
         "  geolrm render examples/spot/spot.ply --video -o turntable.mp4\n\n"
+        "  geolrm train objects/ -o runs/mine --size 224\n\n"
         "  geolrm view out/\n\n"
         "  geolrm app\n\n"
         "Run `geolrm COMMAND --help` for the options of each command."
@@ -44,6 +46,7 @@ app.command("recon", no_args_is_help=True)(_recon.recon)
 app.command("render", no_args_is_help=True)(_render.render)
 app.command("mesh", no_args_is_help=True)(_mesh.mesh)
 app.command("eval", no_args_is_help=True)(_eval.eval_cmd)
+app.command("train", no_args_is_help=True)(_train.train)
 app.command("view", no_args_is_help=True)(_view.view)
 app.command("app")(_app.app_cmd)
 app.add_typer(_weights.app, name="weights", help=_weights.__doc__)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pipelines.errors import InputError
 from pipelines.geolrm.checkpoint import load_geolrm_state_dict
@@ -370,6 +371,31 @@ class ImageFeatures:
         return torch.tensor([0] + sizes[:-1], dtype=torch.int64).cumsum(0)
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def contiguous_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x``, with its gradient made contiguous before it reaches the layers below.
+
+    Works around a PyTorch CPU bug (seen in 2.13): through Conv2d -> BatchNorm2d (eval), a
+    gradient with channels-last strides (what ``flatten(2).transpose(1, 2)`` sends back) gives
+    a batch of ONE wrong conv weight gradients (max error 108 against a float64 reference of
+    scale 83, ``tests/test_train.py``); batches of two and more are right. Forward: a no-op.
+    """
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return x
+    return _ContiguousGrad.apply(x)
+
+
 class ImageEncoder(nn.Module):
     """Official ``DinoWrapper``: DINOv2 + deconv branch and the low-level conv branch.
 
@@ -444,6 +470,7 @@ class ImageEncoder(nn.Module):
             low = self.low_level_encoder(torch.cat([x, rays], dim=1))  # [n, C, H/4, W/4]
             del rays
             high = self.deconv(self.dino_feature_map(x))  # [n, C, 2h, 2w]
+            low, high = contiguous_grad(low), contiguous_grad(high)
             if feats is None:
                 shapes = (tuple(low.shape[-2:]), tuple(high.shape[-2:]))
                 length = low.shape[-2] * low.shape[-1] + high.shape[-2] * high.shape[-1]
@@ -598,7 +625,15 @@ def deformable_sample(
     Returns:
         [B, S, Hc·C], channel = head·C + c.
     """
-    if value.device.type == "cpu" and value.dtype == torch.float32 and _numba_available():
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (value, reference, offsets, weights)
+    )
+    if (
+        value.device.type == "cpu"
+        and value.dtype == torch.float32
+        and not needs_grad
+        and _numba_available()
+    ):
         return _deformable_sample_numba(value, spatial_shapes, reference, offsets, weights)
     return _deformable_sample_torch(value, spatial_shapes, reference, offsets, weights)
 
@@ -861,6 +896,9 @@ class GeoTransformer(nn.Module):
             TransformerBlock(dim, heads, feat_dim, points, mode) for _ in range(layers)
         )
         self.norm = RMSNorm(dim)
+        #: recompute each block in the backward pass instead of keeping its activations
+        #: (training only; the official ``use_checkpoint``)
+        self.gradient_checkpointing = False
 
     @classmethod
     def from_config(cls, cfg: ProposalConfig | ReconstructionConfig) -> GeoTransformer:
@@ -897,7 +935,10 @@ class GeoTransformer(nn.Module):
         reference = project_points(xyz, projection_matrices(c2ws, Ks))
         h = torch.cat([xyz, self.query_token.expand(B, S, -1)], dim=-1)
         for layer in self.layers:
-            h = layer(h, pos, features, reference)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                h = checkpoint(layer, h, pos, features, reference, use_reentrant=False)
+            else:
+                h = layer(h, pos, features, reference)
         return self.norm(h)
 
 
@@ -1088,7 +1129,13 @@ class GeoLRMOutput:
 def gaussians_from_output(out: GeoLRMOutput, b: int = 0):
     """[S·K, 14] rows of item b (real anchors only) -> ``Gaussians`` (activated values)."""
     n = int(out.anchor_counts[b]) * out.gs_per_token
-    g = out.gaussians[b, :n].float()
+    return gaussians_from_rows(out.gaussians[b, :n])
+
+
+def gaussians_from_rows(rows: torch.Tensor) -> Gaussians:
+    """Rows ``[N, 14]`` in the ``get_gaussians`` layout -> ``Gaussians`` (float32; gradients
+    flow through, as training renders them)."""
+    g = rows.float()
     return Gaussians(
         means=g[:, 0:3].contiguous(),
         scales=g[:, 4:7].contiguous(),

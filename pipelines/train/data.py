@@ -578,7 +578,7 @@ class TrainDataset(torch.utils.data.Dataset):
         target_depth  [Vt, 1, S, S] camera z in model units, 0 off the object / without depth
         target_c2ws   [Vt, 4, 4], target_Ks [Vt, 3, 3]
         has_depth     [] bool
-        occupancy     [G, G, G] float32 0/1 in the model frame (only with ``occupancy``)
+        occupancy     [G, G, G] bool in the model frame (only with ``occupancy``)
         background    [3] float32 random colour (the module composites targets on it)
         object_index, sample_id  [] int64
         input_views, target_views  [Vi], [Vt] int64 view indices into the object's cameras
@@ -638,7 +638,7 @@ class TrainDataset(torch.utils.data.Dataset):
         src = self._occupancy_source(index)
         G = self.grid_size
         if is_identity(m):
-            return src.occupancy(G).float()
+            return src.occupancy(G).bool()
         key = (index, m.numpy().tobytes())
         packed = self._grids.get(key)
         if packed is None:
@@ -649,7 +649,7 @@ class TrainDataset(torch.utils.data.Dataset):
         else:
             self._grids.move_to_end(key)
         bits = np.unpackbits(packed, count=G**3).reshape(G, G, G)
-        return torch.from_numpy(bits).float()
+        return torch.from_numpy(bits.astype(bool))
 
     def _view(self, index: int, v: int) -> _View:
         key = (index, v)

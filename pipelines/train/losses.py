@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipelines.lpips import LPIPS
+from pipelines.train.config import ReconLossWeights
 from pipelines.train.occupancy import occupancy_iou
 
 __all__ = [
@@ -176,18 +177,6 @@ def depth_tv(depth: Tensor) -> Tensor:
     dx = depth[..., :, :-1] - depth[..., :, 1:]
     dy = depth[..., :-1, :] - depth[..., 1:, :]
     return dx.abs().mean() + dy.abs().mean()
-
-
-@dataclass(frozen=True)
-class ReconLossWeights:
-    """The reconstruction loss's weights (official ``configs/geolrm-train.yaml`` and the
-    defaults of ``src/geolrm_wrapper.py``). A weight of 0 skips its term."""
-
-    mse: float = 1.0
-    lpips: float = 2.0
-    mask: float = 1.0
-    depth: float = 0.2
-    depth_tv: float = 0.05
 
 
 @dataclass

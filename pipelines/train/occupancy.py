@@ -81,7 +81,10 @@ def voxel_indices(points: torch.Tensor, grid: int) -> torch.Tensor:
     official script: ``round((p + 0.5) * grid)`` clamped to ``[0, grid - 1]`` (see QUIRK above)."""
     idx = torch.round((torch.as_tensor(points, dtype=torch.float64) + 0.5) * grid)
     idx = idx.clamp(0, grid - 1).long()
-    return torch.unique(idx, dim=0)
+    # unique over the flat cell number (a 1-D unique: ~30x faster than unique(dim=0)), sorted
+    # in the same C order
+    flat = torch.unique((idx[:, 0] * grid + idx[:, 1]) * grid + idx[:, 2])
+    return torch.stack([flat // (grid * grid), flat // grid % grid, flat % grid], dim=1)
 
 
 def sample_spacing(points: torch.Tensor) -> float:
