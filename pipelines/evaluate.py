@@ -21,8 +21,16 @@ Protocol (recorded in the result's ``"protocol"`` entry):
   range 1, population (co)variances, mean over the valid (unpadded) window positions and the
   channels -- equal to ``skimage.metrics.structural_similarity(..., gaussian_weights=True,
   sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=-1)``.
-* **LPIPS** (AlexNet) only when the ``lpips`` package and its weights are already on disk;
-  nothing is downloaded. Otherwise ``"lpips": null`` and ``"lpips_skipped"`` says why.
+* **LPIPS** (Zhang et al. 2018, v0.1) with the VGG16 trunk (``"lpips_net": "vgg"``):
+  :class:`pipelines.lpips.LPIPS`, the network GeoLRM trains with and reports as ``val/lpips``
+  (torchmetrics' VGG LPIPS, the ``lpips`` package's). The official code ships no evaluation
+  script for the paper's tables; this VGG LPIPS is the only one it computes. The AlexNet variant common elsewhere is not offered as a
+  fallback: its values are not comparable with VGG ones, so a report would hold two metrics
+  under one name. Computed like SSIM: over the full frame, both images on white in
+  [0, 1], mapped to [-1, 1] (``normalize=True``); per view, and the mean of those. Needs the
+  registry's ``vgg16`` and ``lpips-vgg`` weights in the local cache; nothing is downloaded.
+  Otherwise ``"lpips": null`` and ``"lpips_skipped"`` names the ``geolrm weights download``
+  commands that fetch them.
 * **Mesh.** The mesh is read in its file's frame and brought to the z-up world (``.glb`` and
   ``.obj`` as written by ``geolrm mesh`` are y-up, ``.ply`` is z-up:
   :data:`pipelines.mesh.export.DEFAULT_UP`). ``n_points`` points are sampled uniformly on its
@@ -40,7 +48,6 @@ mask is NaN and left out of the mean) become ``null`` in JSON (:func:`to_json`).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from collections.abc import Callable
@@ -53,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipelines import layout
+from pipelines import layout, lpips
 from pipelines.cameras.cameras import Cameras
 from pipelines.cameras.dataparsers import load_transforms
 from pipelines.cameras.images import read_view
@@ -65,9 +72,11 @@ from pipelines.raster import rasterize
 from pipelines.splats.frames import world_to_file
 from pipelines.splats.gaussians import Gaussians
 from pipelines.splats.io import load_gaussians
+from pipelines.weights import artifact
 
 __all__ = [
     "GT_MASK_THRESHOLD",
+    "LPIPS_NET",
     "MESH_NAMES",
     "EvalInputs",
     "chamfer_fscore",
@@ -87,6 +96,8 @@ __all__ = [
 ]
 
 GT_MASK_THRESHOLD = 0.5
+#: The network of the reported LPIPS (the result's ``lpips_net``).
+LPIPS_NET = "vgg"
 TEST_TRANSFORMS = "transforms_test.json"
 GT_POINTS = "points.npy"
 #: Mesh names looked for in an output folder, in order (``geolrm mesh``'s default output for
@@ -178,34 +189,29 @@ def ssim(pred: Tensor, gt: Tensor, data_range: float = 1.0) -> Tensor:
 
 
 def lpips_metric(
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> tuple[Callable[[Tensor, Tensor], float] | None, str | None]:
-    """LPIPS (AlexNet) if it works offline: ``(fn, None)``, else ``(None, reason)``.
+    """LPIPS (VGG16, v0.1; :mod:`pipelines.lpips`) when its weights are cached: ``(fn, None)``,
+    else ``(None, reason)`` with the ``geolrm weights download`` commands that fetch them.
 
-    Needs the ``lpips`` package (its linear-layer weights ship inside it) and torchvision's
-    AlexNet weights already in the torch hub cache. Nothing is downloaded.
-    ``fn(pred, gt)`` takes ``[H, W, 3]`` images in [0, 1] and returns a float (lower = closer).
+    Nothing is downloaded. ``fn(pred, gt)`` takes ``[H, W, 3]`` images in [0, 1] (mapped to
+    [-1, 1], the lpips convention, by ``normalize=True``), H and W at least
+    :data:`pipelines.lpips.MIN_SIZE`, and returns the distance (0 for identical images).
     """
-    if importlib.util.find_spec("lpips") is None:
-        return None, "the lpips package is not installed (pip install lpips)"
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    if not any(hub.glob("alexnet-*.pth")):
-        return None, f"AlexNet weights for LPIPS are not in {hub} (not downloaded)"
+    missing = lpips.missing_weights()
+    if missing:
+        commands = " and ".join(f"`{artifact(name).download_command()}`" for name in missing)
+        return None, f"the LPIPS (VGG16) weights are not downloaded; fetch them with {commands}"
     try:
-        import lpips  # type: ignore[import-not-found]
-
-        linear = Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth"
-        if not linear.is_file():
-            return None, f"the lpips package has no {linear.name} linear weights"
-        net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
-    except Exception as e:  # any failure of an optional metric only skips it
-        return None, f"LPIPS could not be loaded ({type(e).__name__}: {e})"
+        net = lpips.load_lpips(device=device)
+    except InputError as e:  # a corrupt or wrong file skips the metric, saying which
+        return None, str(e)
 
     def fn(pred: Tensor, gt: Tensor) -> float:
-        a = pred.float().to(device).permute(2, 0, 1)[None] * 2 - 1
-        b = gt.float().to(device).permute(2, 0, 1)[None] * 2 - 1
+        a = pred.float().to(device).permute(2, 0, 1)[None]
+        b = gt.float().to(device).permute(2, 0, 1)[None]
         with torch.no_grad():
-            return float(net(a, b).mean())
+            return float(net(a, b, normalize=True)[0])
 
     return fn, None
 
@@ -486,12 +492,14 @@ def evaluate_gaussians(
         names: one label per view (default ``"000"``, ``"001"``, ...).
         device: torch device for rendering.
         backend: raster backend (see :func:`pipelines.raster.rasterize`).
-        use_lpips: try LPIPS (skipped with a reason when it cannot run offline).
+        use_lpips: compute LPIPS (skipped with a reason when its weights are not cached or
+            the images are smaller than 16 px).
         on_view: called after each view (progress bars).
 
     Returns:
-        Means ``psnr_white``, ``psnr_masked``, ``ssim``, ``lpips`` (None when skipped, with
-        ``lpips_skipped``), and ``per_view``: a list of the same values per view with its name.
+        Means ``psnr_white``, ``psnr_masked``, ``ssim``, ``lpips`` (with ``lpips_net``; None
+        when skipped, with ``lpips_skipped``), and ``per_view``: a list of the same values per
+        view with its name.
     """
 
     n, h, w = len(cams), cams.height, cams.width
@@ -501,7 +509,12 @@ def evaluate_gaussians(
         raise InputError(f"ground-truth alpha is {tuple(gt_alphas.shape)}, expected {(n, h, w)}")
     names = names or [f"{i:03d}" for i in range(n)]
     device = stage_device(device, "raster")  # MPS: renders (and LPIPS) on the CPU
-    lp_fn, lp_reason = lpips_metric(device) if use_lpips else (None, "not requested")
+    if not use_lpips:
+        lp_fn, lp_reason = None, "not requested"
+    elif min(h, w) < lpips.MIN_SIZE:
+        lp_fn, lp_reason = None, f"the images are smaller than {lpips.MIN_SIZE} px"
+    else:
+        lp_fn, lp_reason = lpips_metric(device)
     g = g.detach().to(device)
     bg = torch.ones(3, device=device)
     per_view = []
@@ -530,6 +543,8 @@ def evaluate_gaussians(
     }
     if lp_fn is None:
         result["lpips_skipped"] = lp_reason
+    else:
+        result["lpips_net"] = LPIPS_NET
     if gt_alphas is None:
         result["psnr_masked_skipped"] = "the ground-truth images have no alpha channel"
     result["per_view"] = per_view
@@ -662,6 +677,7 @@ def evaluate_inputs(
             "background": "white (ground truth composited rgb*a + (1-a), renders on white)",
             "psnr_masked": f"MSE over pixels with ground-truth alpha > {GT_MASK_THRESHOLD}",
             "ssim": "Gaussian window 11x11, sigma 1.5, K1 0.01, K2 0.03, data range 1",
+            "lpips": "v0.1, VGG16 trunk, full frame on white, [0, 1] mapped to [-1, 1]",
             "means": "mean of the per-view values",
             "chamfer": "(mean pred->gt + mean gt->pred nearest-neighbour L2) / 2, world units",
             "fscore": "2PR/(P+R), P/R = fraction of pred/gt points within tau of the other set",
@@ -706,7 +722,7 @@ def evaluate(
         assume_up: up axis of Gaussian .ply files that do not record their frame.
         mesh_up: the mesh file's up axis; None = ``geolrm mesh``'s habit for the extension.
         backend: raster backend.
-        use_lpips: try LPIPS.
+        use_lpips: compute LPIPS when its weights are cached.
 
     Returns:
         A JSON-ready dict (after :func:`to_json`): inputs, size, ``protocol``, the mean image

@@ -1,7 +1,8 @@
 """LPIPS (Zhang et al., CVPR 2018; "v0.1", VGG16 backbone) in plain torch, no torchvision.
 
-The perceptual distance GeoLRM trains with (its ``lambda_lpips = 2``, through torchmetrics'
-``LearnedPerceptualImagePatchSimilarity(net_type="vgg")``, which wraps the ``lpips`` package):
+The perceptual distance GeoLRM trains and validates with (its ``lambda_lpips = 2`` and its
+``val/lpips``, through torchmetrics' ``LearnedPerceptualImagePatchSimilarity(net_type="vgg")``,
+which wraps the ``lpips`` package), and the LPIPS ``geolrm eval`` reports:
 
 1. images in ``[-1, 1]`` are shifted and scaled per channel (:data:`SHIFT`, :data:`SCALE`);
 2. VGG16's convolutional trunk gives five feature maps, after ``relu1_2``, ``relu2_2``,
@@ -21,16 +22,27 @@ keeps torchvision's ``features.N.*`` names; registry entry ``vgg16``), the heads
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from pipelines.errors import InputError
-from pipelines.weights import ensure
+from pipelines.state_dicts import load_state_dict
+from pipelines.weights import ensure, local_path
 
-__all__ = ["EPS", "LPIPS", "SCALE", "SHIFT", "TAPS", "VGG16_LAYERS", "load_lpips"]
+__all__ = [
+    "EPS",
+    "HEADS_WEIGHTS",
+    "LPIPS",
+    "MIN_SIZE",
+    "SCALE",
+    "SHIFT",
+    "TAPS",
+    "TRUNK_WEIGHTS",
+    "VGG16_LAYERS",
+    "load_lpips",
+    "missing_weights",
+]
 
 PathLike = str | os.PathLike
 
@@ -44,6 +56,11 @@ SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
 #: Added to the channel norm before dividing (``lpips.normalize_tensor``).
 EPS = 1e-10
+#: Smallest image side: four 2x2 max-pools come before the last tap.
+MIN_SIZE = 16
+#: Registry entries (``pipelines/weights.toml``) of the VGG16 trunk and of the linear heads.
+TRUNK_WEIGHTS = "vgg16"
+HEADS_WEIGHTS = "lpips-vgg"
 
 
 def _vgg16_trunk() -> nn.Sequential:
@@ -91,7 +108,7 @@ class LPIPS(nn.Module):
 
         Args:
             x, y: ``[B, 3, H, W]`` images in [-1, 1] (``normalize=True``: in [0, 1]); H and W
-                at least 16 (four pools before the last tap).
+                at least :data:`MIN_SIZE`.
 
         Returns:
             ``[B]`` distances (0 for identical images).
@@ -101,8 +118,10 @@ class LPIPS(nn.Module):
                 f"LPIPS compares two [B, 3, H, W] batches, got {tuple(x.shape)} and "
                 f"{tuple(y.shape)}"
             )
-        if min(x.shape[-2:]) < 16:
-            raise InputError(f"LPIPS needs images of at least 16 x 16 px, got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < MIN_SIZE:
+            raise InputError(
+                f"LPIPS needs images of at least {MIN_SIZE} x {MIN_SIZE} px, got {tuple(x.shape)}"
+            )
         if normalize:
             x, y = 2 * x - 1, 2 * y - 1
         total = x.new_zeros(x.shape[0])
@@ -143,30 +162,27 @@ class LPIPS(nn.Module):
             lin.weight.copy_(w)
 
 
-def _read_state(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise InputError(f"{path} not found")
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise InputError(f"{path}: cannot read the weights ({str(e).splitlines()[0]})") from None
-
-
 def load_lpips(
     trunk: PathLike | None = None,
     heads: PathLike | None = None,
     device: str | torch.device = "cpu",
 ) -> LPIPS:
     """LPIPS with real weights: ``trunk`` (VGG16 ``.safetensors`` / ``.pth``) and ``heads``
-    (lpips' ``vgg.pth``); each None is taken from the weights registry (``vgg16``,
-    ``lpips-vgg``), never downloaded here.
+    (lpips' ``vgg.pth``); each None is taken from the weights registry
+    (:data:`TRUNK_WEIGHTS`, :data:`HEADS_WEIGHTS`), never downloaded here.
 
     Raises:
         InputError: a file is missing (with the ``geolrm weights download`` command) or wrong.
     """
     model = LPIPS()
-    model.load_trunk(_read_state(Path(trunk) if trunk is not None else ensure("vgg16")))
-    model.load_heads(_read_state(Path(heads) if heads is not None else ensure("lpips-vgg")))
+    model.load_trunk(load_state_dict(trunk if trunk is not None else ensure(TRUNK_WEIGHTS)))
+    model.load_heads(load_state_dict(heads if heads is not None else ensure(HEADS_WEIGHTS)))
     return model.to(device)
+
+
+def missing_weights() -> list[str]:
+    """The registry names of the LPIPS weights not in the local cache (``[]``: all there).
+
+    Looks only; ``geolrm weights download NAME`` fetches each.
+    """
+    return [name for name in (TRUNK_WEIGHTS, HEADS_WEIGHTS) if local_path(name) is None]

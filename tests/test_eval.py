@@ -8,16 +8,20 @@ import math
 import shutil
 from pathlib import Path
 
+import lpips_weights
 import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error
 
+from pipelines.cameras.dataparsers import load_transforms
 from pipelines.errors import InputError
 from pipelines.evaluate import (
     chamfer_fscore,
+    evaluate_gaussians,
     evaluate_mesh,
     load_gt_geometry,
+    load_gt_images,
     load_mesh,
     lpips_metric,
     psnr,
@@ -25,6 +29,10 @@ from pipelines.evaluate import (
     ssim,
     to_json,
 )
+from pipelines.lpips import LPIPS
+from pipelines.raster import rasterize
+from pipelines.splats.io import load_gaussians
+from pipelines.weights import REGISTRY_ENV, local_path
 
 SPOT = Path(__file__).resolve().parents[1] / "examples" / "spot"
 
@@ -110,11 +118,103 @@ def test_ssim_matches_skimage():
         ssim(torch.rand(10, 30, 3), torch.rand(10, 30, 3))
 
 
-def test_lpips_is_used_or_skipped_with_a_reason():
+# --------------------------------------------------------------------------------------------
+# LPIPS (VGG16): the real lpips heads (fixture) and a random VGG trunk in temporary caches
+
+
+@pytest.fixture(scope="module")
+def vgg_trunk() -> dict[str, torch.Tensor]:
+    return lpips_weights.random_trunk(seed=7)
+
+
+@pytest.fixture
+def weight_caches(tmp_path, monkeypatch) -> Path:
+    """Empty Hugging Face and geolrm weights caches (the real registry)."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("GEOLRM_CACHE", str(tmp_path / "geolrm_cache"))
+    monkeypatch.delenv(REGISTRY_ENV, raising=False)
+    return tmp_path
+
+
+def _reference_lpips(trunk: dict[str, torch.Tensor]) -> LPIPS:
+    net = LPIPS()
+    net.load_trunk(trunk)
+    net.load_heads(lpips_weights.heads())
+    return net
+
+
+def test_lpips_metric_needs_both_weights_and_names_their_downloads(weight_caches, vgg_trunk):
     fn, reason = lpips_metric()
-    assert (fn is None) != (reason is None)
-    if fn is None:
-        assert isinstance(reason, str) and reason
+    assert fn is None
+    assert "`geolrm weights download vgg16`" in reason
+    assert "`geolrm weights download lpips-vgg`" in reason
+    lpips_weights.install(None)  # the heads only: the reason names just the trunk
+    fn, reason = lpips_metric()
+    assert fn is None and "download vgg16" in reason and "lpips-vgg" not in reason
+
+    lpips_weights.install(vgg_trunk)
+    fn, reason = lpips_metric()
+    assert reason is None
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(24, 20, 3, generator=gen)
+    y = (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    assert fn(x, x) == 0.0
+    # [H, W, 3] in [0, 1] -> [1, 3, H, W] in [-1, 1]
+    want = float(
+        _reference_lpips(vgg_trunk)(
+            x.permute(2, 0, 1)[None] * 2 - 1, y.permute(2, 0, 1)[None] * 2 - 1
+        )[0]
+    )
+    assert fn(x, y) == pytest.approx(want, rel=1e-6) and want > 0
+
+    trunk_file = local_path("vgg16")
+    trunk_file.write_bytes(b"truncated")
+    fn, reason = lpips_metric()
+    assert fn is None and "cannot read the weights" in reason and "model.safetensors" in reason
+
+
+def _render_views(g, cams) -> torch.Tensor:
+    """``[V, H, W, 3]`` renders on white in [0, 1], one view at a time as eval renders."""
+    bg = torch.ones(3)
+    views = [
+        rasterize(g, cams.c2w[i : i + 1], cams.K[i : i + 1], cams.width, cams.height, background=bg)
+        .rgb[0]
+        .clamp(0, 1)
+        for i in range(len(cams))
+    ]
+    return torch.stack(views)
+
+
+def test_cli_eval_reports_the_vgg_lpips_of_the_test_views(cli, weight_caches, vgg_trunk, tmp_path):
+    lpips_weights.install(vgg_trunk)
+    model = tmp_path / "spot.ply"
+    shutil.copy(SPOT / "spot.ply", model)
+    report = tmp_path / "eval.json"
+    code, out, err = cli("eval", model, "--gt", SPOT, "--resolution", "48", "--json", report)
+    assert code == 0, err
+    r = json.loads(report.read_text())
+    assert r["lpips_net"] == "vgg" and "lpips_skipped" not in r
+    assert "LPIPS (vgg)" in out and "LPIPS skipped" not in out
+
+    # the same numbers from pipelines.lpips.LPIPS on the same ground truth and renders
+    cams = load_transforms(SPOT / "transforms_test.json", require_images=True)
+    gt, alphas, cams = load_gt_images(cams, 48)
+    g = load_gaussians(model, assume_up="-y", quiet=True)
+    renders = _render_views(g, cams)
+    net = _reference_lpips(vgg_trunk)
+    with torch.no_grad():
+        want = net(renders.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2), normalize=True)
+    got = torch.tensor([v["lpips"] for v in r["per_view"]], dtype=torch.float64)
+    assert len(got) == 12 and torch.isfinite(got).all() and float(got.min()) > 0
+    assert torch.allclose(got, want.double(), rtol=1e-5, atol=1e-8)  # measured: 5e-7
+    assert r["lpips"] == pytest.approx(float(got.mean()), rel=1e-12)
+    for v in r["per_view"]:  # the table prints the per-view values
+        assert f"{v['lpips']:.4f}" in out
+
+    # identical images (the renders as ground truth): LPIPS 0 in every view
+    same = evaluate_gaussians(g, cams, renders, alphas)
+    assert same["lpips"] == 0.0 and all(v["lpips"] == 0.0 for v in same["per_view"])
+    assert same["lpips_net"] == "vgg"
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +361,7 @@ def spot_out(tmp_path_factory):
     return out
 
 
-def test_cli_eval_spot_end_to_end(cli, spot_out, tmp_path):
+def test_cli_eval_spot_end_to_end(cli, spot_out, weight_caches, tmp_path):
     report = tmp_path / "report" / "metrics.json"
     code, out, err = cli(
         "eval", spot_out, "--gt", SPOT, "--resolution", "128", "--points", "20000",
@@ -277,10 +377,8 @@ def test_cli_eval_spot_end_to_end(cli, spot_out, tmp_path):
     assert r["psnr_white"] > r["psnr_masked"]  # the white background flatters full frames
     assert min(v["psnr_white"] for v in r["per_view"]) > 25.0
     assert r["ssim"] > 0.93
-    assert r["lpips"] is None or r["lpips"] < 0.2
-    if r["lpips"] is None:
-        assert r["lpips_skipped"]
-        assert "LPIPS skipped" in out
+    assert r["lpips"] is None and "lpips_net" not in r  # no LPIPS weights in the caches
+    assert all(v["lpips"] is None for v in r["per_view"])
     # the coarse mesh (64 voxels over 0.9 units), 20k points: measured Chamfer 0.0052, F 0.970
     # (100k points: 0.0032, 0.997)
     m = r["mesh"]
@@ -300,7 +398,7 @@ def test_mesh_in_the_wrong_frame_scores_badly(spot_out):
     assert wrong["chamfer"] > 5 * good["chamfer"] and wrong["fscore"] < 0.5
 
 
-def test_cli_eval_file_without_mesh_writes_default_json(cli, tmp_path):
+def test_cli_eval_file_without_mesh_or_lpips_weights(cli, weight_caches, tmp_path):
     model = tmp_path / "spot.ply"
     shutil.copy(SPOT / "spot.ply", model)
     code, out, err = cli("eval", model, "--gt", SPOT, "--resolution", "32")
@@ -308,6 +406,11 @@ def test_cli_eval_file_without_mesh_writes_default_json(cli, tmp_path):
     r = json.loads((tmp_path / "spot_eval.json").read_text())
     assert r["mesh"] is None and "no mesh found" in r["mesh_skipped"]
     assert "Mesh: skipped" in out
+    assert r["lpips"] is None and all(v["lpips"] is None for v in r["per_view"])
+    for name in ("vgg16", "lpips-vgg"):
+        assert f"`geolrm weights download {name}`" in r["lpips_skipped"]
+        assert f"`geolrm weights download {name}`" in " ".join(out.split())
+    assert "LPIPS skipped: the LPIPS (VGG16) weights are not downloaded" in " ".join(out.split())
 
 
 # --------------------------------------------------------------------------------------------

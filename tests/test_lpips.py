@@ -3,34 +3,15 @@ functional twin with random weights, the distance's properties and the weight lo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from lpips_weights import HEADS
+from lpips_weights import heads as _heads
+from lpips_weights import random_trunk as _random_trunk
 
 from pipelines.errors import InputError
 from pipelines.lpips import EPS, LPIPS, SCALE, SHIFT, TAPS, VGG16_LAYERS, load_lpips
-
-HEADS = Path(__file__).parent / "fixtures" / "lpips" / "vgg_v0.1.pth"
-
-
-def _heads() -> dict[str, torch.Tensor]:
-    return torch.load(HEADS, map_location="cpu", weights_only=True)
-
-
-def _random_trunk(seed: int = 0) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    state, i, c_in = {}, 0, 3
-    for v in VGG16_LAYERS:
-        if v == "M":
-            i += 1
-            continue
-        std = (2.0 / (9 * c_in)) ** 0.5
-        state[f"features.{i}.weight"] = torch.randn(v, c_in, 3, 3, generator=gen) * std
-        state[f"features.{i}.bias"] = torch.randn(v, generator=gen) * 0.05
-        i, c_in = i + 2, v
-    return state
 
 
 def _reference(state, heads, x, y):

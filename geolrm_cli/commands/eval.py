@@ -39,7 +39,8 @@ def _print_tables(result: dict) -> None:
         caption_justify="left",
     )
     table.add_column("view")
-    for name in ("PSNR white", "PSNR masked", "SSIM", "LPIPS"):
+    net = result.get("lpips_net")
+    for name in ("PSNR white", "PSNR masked", "SSIM", f"LPIPS ({net})" if net else "LPIPS"):
         table.add_column(name, justify="right")
     for row in result["per_view"]:
         table.add_row(
@@ -124,7 +125,7 @@ def eval_cmd(
 ) -> None:
     """Score a reconstruction against a dataset's test views and ground-truth geometry.
 
-    Renders the test cameras on white and reports PSNR (full frame, and inside the ground-truth mask alpha > 0.5, where the easy white background does not count), SSIM, LPIPS (only when the lpips package and its weights are already installed), and for a mesh the Chamfer distance and F-score at --tau on --points sampled points. Prints a table and writes JSON.
+    Renders the test cameras on white and reports PSNR (full frame, and inside the ground-truth mask alpha > 0.5, where the easy white background does not count), SSIM, LPIPS with the VGG16 network GeoLRM trains with (when its weights are downloaded: `geolrm weights download vgg16` and `geolrm weights download lpips-vgg`), and for a mesh the Chamfer distance and F-score at --tau on --points sampled points. Prints a table and writes JSON.
 
     Examples:
 

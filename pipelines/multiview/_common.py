@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from pipelines.errors import InputError
+from pipelines.state_dicts import load_state_dict
 
 PathLike = str | os.PathLike
 
@@ -124,28 +124,6 @@ def find_weights(folder: Path, stems: Sequence[str] = ("diffusion_pytorch_model"
     raise InputError(
         f"{folder}: no weights file ({stems[0]}.safetensors); the model folder is incomplete"
     )
-
-
-def load_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a plain-tensor pickle (``weights_only``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"weights file {path} not found")
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt / truncated files: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: cannot read weights ({first})") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise InputError(f"{path}: not a state dict")
-    return sd
 
 
 def build_on_meta(cls, config: dict):
