@@ -15,7 +15,7 @@ from geolrm_cli.console import console, error_line
 def ray_config(ray: bool, address: str | None, cpus: int | None, workers: int | None):
     """The :class:`~pipelines.batch.RayConfig` of the ``--ray*`` options (None without
     ``--ray``; the other options alone are refused)."""
-    from pipelines.batch import RayConfig
+    from pipelines.batch import RayConfig, require_ray
     from pipelines.errors import InputError
 
     if not ray:
@@ -31,6 +31,7 @@ def ray_config(ray: bool, address: str | None, cpus: int | None, workers: int | 
         if given:
             raise InputError(f"{', '.join(given)} only apply with --ray; add --ray")
         return None
+    require_ray()  # the install command, before any work
     return RayConfig(address=address, workers=workers, cpus_per_worker=cpus)
 
 

@@ -15,8 +15,11 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def error_line(message: str) -> None:
     """Print ``error: message`` as a single line on stderr."""
+    from rich.markup import escape
+
     first = " ".join(str(message).split())  # never more than one line
-    console.print(f"[bold red]error:[/] {first}", soft_wrap=True)
+    # escaped: "pip install 'geolrm[ray]'" is not rich markup
+    console.print(f"[bold red]error:[/] {escape(first)}", soft_wrap=True)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
