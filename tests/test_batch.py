@@ -193,6 +193,7 @@ def gen_runs(tmp_path_factory, photos, tiny_gen, ray_cluster) -> dict:
     )
 
 
+@pytest.mark.slow  # ~75 s on 2 busy cores: 18 tiny gen runs, 5 Ray workers
 def test_corrupt_photo_is_one_recorded_failure(gen_runs) -> None:
     local = gen_runs["local"]
     assert gen_runs["code_local"] == 1, gen_runs["err_local"]  # an input failed
@@ -215,6 +216,7 @@ def test_corrupt_photo_is_one_recorded_failure(gen_runs) -> None:
     assert data["counts"]["done"] == 5 and data["counts"]["failed"] == 1
 
 
+@pytest.mark.slow  # ~75 s on 2 busy cores: 18 tiny gen runs, 5 Ray workers
 def test_killed_workers_every_input_once(gen_runs) -> None:
     """lamp.png's worker died before its commit (a half-written staging folder left), bird.png's
     right after: both were started twice, each input was produced exactly once, the corrupt
@@ -238,6 +240,7 @@ def test_killed_workers_every_input_once(gen_runs) -> None:
     assert len(workers) >= 2  # the work was spread (and dead workers replaced)
 
 
+@pytest.mark.slow  # ~75 s on 2 busy cores: 18 tiny gen runs, 5 Ray workers
 def test_ray_outputs_are_the_local_bytes(gen_runs) -> None:
     """Same seed, same thread count (one): every file of every photo is bit-identical."""
     a, b = _files(gen_runs["local"]), _files(gen_runs["ray"])
@@ -246,6 +249,7 @@ def test_ray_outputs_are_the_local_bytes(gen_runs) -> None:
         assert a[name] == b[name], name
 
 
+@pytest.mark.slow  # ~75 s on 2 busy cores: 18 tiny gen runs, 5 Ray workers
 def test_rerun_recomputes_nothing(gen_runs) -> None:
     on_ray = gen_runs["ray"]
     err = gen_runs["err_again"]
@@ -286,21 +290,37 @@ def scenes(tmp_path_factory) -> Path:
 
 
 def test_recon_scenes_local_and_ray(scenes, tmp_path, ray_cluster) -> None:
+    """The folder of scenes here (``geolrm recon``), on Ray with a worker killed before its
+    commit and one right after (each scene produced once, the local bytes), then rerun with
+    ``--ray`` (nothing recomputed; the broken scene fails again)."""
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     code, err = _cli("recon", scenes, "-o", local, *OPTIMIZE)
     assert code == 1, err
     recs = _records(local)
-    assert {n: r["status"] for n, r in recs.items()} == {
-        "back": "done",
-        "broken": "failed",
-        "front": "done",
-        "middle": "done",
-    }
-    assert "transforms.json" in recs["broken"]["error"]
+    want = {"back": "done", "broken": "failed", "front": "done", "middle": "done"}
+    assert {n: r["status"] for n, r in recs.items()} == want
+    assert "transforms.json" in recs["broken"]["error"] and recs["broken"]["attempts"] == 1
     assert sorted(p.name for p in local.iterdir()) == ["back", "batch.json", "front", "middle"]
-    code, err = _cli("recon", scenes, "-o", on_ray, *OPTIMIZE, "--ray", "--workers", "2")
-    assert code == 1, err
-    assert "4 of 4 inputs to run (2 Ray workers)" in err, err
+
+    opts = ReconOptions(method="optimize", iterations=3, resolution=32, video=False)
+    log = tmp_path / "produced.log"
+    task = Logged(ReconTask(opts), log, tmp_path / "markers", ("front",), ("middle",))
+    result = run_batch(task, recon_jobs(scenes, on_ray), on_ray, ray=RayConfig(workers=2))
+    assert sorted(ln.split()[0] for ln in log.read_text().splitlines()) == [
+        "back",
+        "front",
+        "middle",
+    ]  # once each
+    recs = _records(on_ray)
+    assert {n: r["status"] for n, r in recs.items()} == want
+    assert {n: r["attempts"] for n, r in recs.items()} == {
+        "back": 1,
+        "broken": 1,
+        "front": 2,
+        "middle": 2,
+    }
+    assert "earlier attempt" in recs["middle"]["detail"]
+    assert result.workers == 2 and _staging_left(on_ray) == []
     a, b = _files(local), _files(on_ray)
     assert sorted(a) == [
         f"{s}/{f}"
@@ -309,10 +329,11 @@ def test_recon_scenes_local_and_ray(scenes, tmp_path, ray_cluster) -> None:
     ]
     for name in a:
         assert a[name] == b[name], name
-    # the rerun skips the three finished scenes (locally too: the same rule)
+
     stamps = {p: p.stat().st_mtime_ns for p in on_ray.rglob("model.ply")}
-    code, err = _cli("recon", scenes, "-o", on_ray, *OPTIMIZE)
-    assert code == 1 and err.count("skipped: ") == 3, err
+    code, err = _cli("recon", scenes, "-o", on_ray, *OPTIMIZE, "--ray", "--workers", "2")
+    assert code == 1, err
+    assert err.count("skipped: ") == 3 and "1 of 4 inputs to run (1 Ray worker)" in err, err
     assert {p: p.stat().st_mtime_ns for p in on_ray.rglob("model.ply")} == stamps
 
 
