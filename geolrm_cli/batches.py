@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from geolrm_cli.console import console, error_line
+from geolrm_cli.console import console, error_line, status_bar
 
 
 def ray_config(ray: bool, address: str | None, cpus: int | None, workers: int | None):
@@ -38,26 +38,11 @@ def ray_config(ray: bool, address: str | None, cpus: int | None, workers: int | 
 def run_folder(task, jobs, base: Path, title: str, overwrite: bool, ray) -> None:
     """Run the batch with a live progress bar and print the summary; exit code 1 when an
     input failed."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.markup import escape
 
     from pipelines.batch import run_batch
 
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-    )
+    bar = status_bar()
     counts: dict[str, int] = defaultdict(int)
     state = {"t0": time.perf_counter()}
     bar_id = bar.add_task(task.command, total=len(jobs), status="")
@@ -75,18 +60,19 @@ def run_folder(task, jobs, base: Path, title: str, overwrite: bool, ray) -> None
 
     def on_event(i: int, rec) -> None:
         job = jobs[i]
+        name = escape(job.name)
         if rec.status == "pending":  # back in the queue
-            console.print(f"[yellow]retry:[/] {job.name}: {rec.error}", soft_wrap=True)
+            console.print(f"[yellow]retry:[/] {name}: {escape(rec.error)}", soft_wrap=True)
             return
         counts[rec.status] += 1
         if rec.status == "done":
             console.print(
-                f"[green]done:[/] {job.name} -> {job.out}/ ({rec.detail}, {rec.seconds:.1f} s, "
-                f"{rec.worker})",
+                f"[green]done:[/] {name} -> {escape(str(job.out))}/ ({escape(rec.detail or '')}, "
+                f"{rec.seconds:.1f} s, {rec.worker})",
                 soft_wrap=True,
             )
         elif rec.status == "skipped":
-            console.print(f"skipped: {job.name} (finished; --overwrite redoes it)")
+            console.print(f"skipped: {name} (finished; --overwrite redoes it)")
         else:
             error_line(f"{job.name}: {rec.error}")
         bar.update(bar_id, advance=1, status=status())
