@@ -15,8 +15,11 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def error_line(message: str) -> None:
     """Print ``error: message`` as a single line on stderr."""
+    from rich.markup import escape
+
     first = " ".join(str(message).split())  # never more than one line
-    console.print(f"[bold red]error:[/] {first}", soft_wrap=True)
+    # escaped: "pip install 'geolrm[ray]'" is not rich markup
+    console.print(f"[bold red]error:[/] {escape(first)}", soft_wrap=True)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -110,11 +113,10 @@ def resolve_device(name: str | None) -> str:
     return dev
 
 
-@contextmanager
-def stages():
-    """Rich progress with one line per stage; yields ``start(name, total=None)`` and
-    ``advance(n=1, status=None)`` (status: text shown after the bar, e.g. loss and PSNR);
-    each new stage completes the previous one."""
+def status_bar(spinner: bool = False):
+    """A rich ``Progress`` on stderr: description, bar, n/total, elapsed, remaining and a
+    ``status`` field (``add_task(..., status="")``); with ``spinner`` a spinner first that
+    turns into a tick when the task stops."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -125,8 +127,9 @@ def stages():
         TimeRemainingColumn,
     )
 
-    bar = Progress(
-        SpinnerColumn(finished_text="[green]✓[/]"),
+    first = [SpinnerColumn(finished_text="[green]✓[/]")] if spinner else []
+    return Progress(
+        *first,
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -135,6 +138,14 @@ def stages():
         TextColumn("{task.fields[status]}"),
         console=console,
     )
+
+
+@contextmanager
+def stages():
+    """Rich progress with one line per stage; yields ``start(name, total=None)`` and
+    ``advance(n=1, status=None)`` (status: text shown after the bar, e.g. loss and PSNR);
+    each new stage completes the previous one."""
+    bar = status_bar(spinner=True)
     state: dict = {"task": None}
 
     def finish() -> None:

@@ -105,3 +105,30 @@ HOST = typer.Option(
     "127.0.0.1", "--host", help="Interface to bind; anything but 127.0.0.1 exposes it."
 )
 PORT = typer.Option(0, "--port", min=0, max=65535, help="TCP port (0: a free one).")
+
+# -- many inputs (gen, recon) ----------------------------------------------------------------
+
+OVERWRITE = typer.Option(
+    False, "--overwrite", help="Folder input: redo inputs whose outputs already exist."
+)
+RAY = typer.Option(
+    False,
+    "--ray",
+    help="Folder input: spread the inputs over a Ray cluster (RAY_ADDRESS, else a local Ray), "
+    "one worker per GPU; needs pip install 'geolrm[ray]'.",
+)
+RAY_ADDRESS = typer.Option(
+    None, "--ray-address", help="With --ray: the cluster to connect to (default: RAY_ADDRESS)."
+)
+RAY_CPUS = typer.Option(
+    None,
+    "--ray-cpus-per-worker",
+    min=1,
+    help="With --ray: CPU workers with N cores each instead of one worker per GPU.",
+)
+WORKERS = typer.Option(
+    None,
+    "--workers",
+    min=1,
+    help="With --ray: number of workers (default: one per GPU, or CPUs // cores per worker).",
+)

@@ -37,6 +37,7 @@ __all__ = [
     "VIEWS",
     "VIEWS_CAMERAS",
     "gen_finished",
+    "recon_finished",
     "recon_names",
 ]
 
@@ -64,10 +65,20 @@ def recon_names(save_raw: bool = False, video: bool = True, mesh: bool = False) 
     return [n for n in RECON_NAMES if not skip.get(n, False)]
 
 
+def _complete(out_dir: str | os.PathLike, names: list[str]) -> bool:
+    return all((Path(out_dir) / n).exists() for n in names)
+
+
 def gen_finished(out_dir: str | os.PathLike, mesh: bool = False, video: bool = True) -> bool:
     """True when ``out_dir`` holds a complete ``gen`` output."""
-    out_dir = Path(out_dir)
     need = [MODEL, PHOTO, SHEET, VIEWS_CAMERAS]
     need += [VIDEO] if video else []
     need += [MESH] if mesh else []
-    return all((out_dir / n).exists() for n in need)
+    return _complete(out_dir, need)
+
+
+def recon_finished(
+    out_dir: str | os.PathLike, save_raw: bool = False, video: bool = True, mesh: bool = False
+) -> bool:
+    """True when ``out_dir`` holds every file ``recon`` writes with these switches."""
+    return _complete(out_dir, recon_names(save_raw, video, mesh))

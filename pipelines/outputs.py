@@ -37,7 +37,9 @@ from pipelines.splats.gaussians import Gaussians
 from pipelines.splats.ply import save_ply
 
 __all__ = [
+    "STAGING_PREFIX",
     "Staging",
+    "remove_staging",
     "check_output_dir",
     "write_mesh",
     "write_outputs",
@@ -45,6 +47,9 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
+
+#: Names of the hidden staging folders (``.geolrm-<kind>-XXXX``) inside an output folder.
+STAGING_PREFIX = ".geolrm-"
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,7 +113,7 @@ class Staging:
                 break
             self._created.append(parent)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".geolrm-{self.kind}-", dir=self.out_dir))
+        self.path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{self.kind}-", dir=self.out_dir))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -150,6 +155,18 @@ class Staging:
                 folder.rmdir()
             except OSError:
                 break
+
+
+def remove_staging(out_dir: PathLike) -> list[Path]:
+    """Remove the staging folders a killed process left in ``out_dir`` (a process that ends
+    normally removes its own); returns them. Only for a folder no other run writes into."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    left = [p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith(STAGING_PREFIX)]
+    for p in left:
+        shutil.rmtree(p, ignore_errors=True)
+    return left
 
 
 # --------------------------------------------------------------------------------------------

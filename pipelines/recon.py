@@ -52,7 +52,15 @@ from pipelines.reconstruct import (
 )
 from pipelines.scene import Scene
 
-__all__ = ["METHODS", "Recon", "ReconRun", "default_output", "input_paths", "recon"]
+__all__ = [
+    "METHODS",
+    "Recon",
+    "ReconRun",
+    "check_options",
+    "default_output",
+    "input_paths",
+    "recon",
+]
 
 PathLike = str | os.PathLike
 METHODS = ("geolrm", "optimize")
@@ -124,6 +132,29 @@ def _check_optimize_options(opts: ReconOptions) -> None:
         )
 
 
+def check_options(opts: ReconOptions) -> None:
+    """Step 1 without the views: the method, the precision on ``opts.device``, the options the
+    method does not read, GeoLRM's opacity threshold and a given ``size``.
+
+    Raises:
+        InputError: the first bad option.
+    """
+    if opts.method not in METHODS:
+        raise InputError(f"unknown --method {opts.method!r}; use {' or '.join(METHODS)}")
+    resolve_precision(opts.precision, opts.device)
+    if opts.method == "optimize":
+        _check_optimize_options(opts)
+    elif opts.iterations is not None:
+        raise InputError(
+            "--iterations applies to --method optimize; with GeoLRM use --refine N to "
+            "optimise its Gaussians for N steps"
+        )
+    else:
+        check_min_opacity(opts.min_opacity)
+        if opts.size is not None:
+            check_size(opts.size)
+
+
 class Recon:
     """One ``recon`` run: the checks (steps 1-3) when it is built, the work on :meth:`run`.
 
@@ -144,22 +175,12 @@ class Recon:
         views = Path(views)
         self.opts = opts
         # 1. the options
-        if opts.method not in METHODS:
-            raise InputError(f"unknown --method {opts.method!r}; use {' or '.join(METHODS)}")
-        resolve_precision(opts.precision, opts.device)
+        check_options(opts)
         self.optimize = opts.method == "optimize"
         self.size = opts.size
-        if self.optimize:
-            _check_optimize_options(opts)
-        elif opts.iterations is not None:
-            raise InputError(
-                "--iterations applies to --method optimize; with GeoLRM use --refine N to "
-                "optimise its Gaussians for N steps"
-            )
-        else:
+        if not self.optimize:
             self.size = self.size or default_size(input_rig(views, opts.cameras))
             check_size(self.size)
-            check_min_opacity(opts.min_opacity)
 
         # 2. the views and their cameras
         self.cams = resolve_inputs(
@@ -185,11 +206,26 @@ class Recon:
             self.config = load_config(config) if isinstance(config, str | Path) else config
             self.weights = resolve_checkpoint(opts.checkpoint)
 
+    def load_pipeline(self) -> GeoLRMPipeline:
+        """The GeoLRM network these options ask for (``method="geolrm"``), on their device; a
+        caller running many scenes with the same options loads it once and passes it to
+        :meth:`run`."""
+        opts = self.opts
+        return GeoLRMPipeline.from_pretrained(
+            self.weights,
+            self.config,
+            device=opts.device,
+            precision=opts.precision,
+            max_seq_len=opts.max_seq_len,
+            seed=opts.seed,
+        )
+
     def run(
         self,
         on_stage: OnStage | None = None,
         advance: Callable[[int], None] | None = None,
         on_step: Callable | None = None,
+        pipeline: GeoLRMPipeline | None = None,
     ) -> ReconRun:
         """Reconstruct and write the outputs (steps 4-5).
 
@@ -198,6 +234,8 @@ class Recon:
             advance: ``advance(n)`` as the turntable or the mesh makes progress.
             on_step: called with each optimisation step's
                 :class:`~pipelines.optimize.StepInfo` (``optimize``, ``refine``).
+            pipeline: GeoLRM already loaded by :meth:`load_pipeline` (None: loaded here and
+                freed before the outputs).
         """
         opts, cams, dev = self.opts, self.cams, self.opts.device
         stage = on_stage or (lambda *_a: None)
@@ -217,17 +255,11 @@ class Recon:
         else:
             stage(f"Loading {len(cams)} views at {self.size} px")
             prep = prepare_views(cams, self.size)
-            stage("Loading GeoLRM")
-            pipe = GeoLRMPipeline.from_pretrained(
-                self.weights,
-                self.config,
-                device=dev,
-                precision=opts.precision,
-                max_seq_len=opts.max_seq_len,
-                seed=opts.seed,
-            )
+            if pipeline is None:
+                stage("Loading GeoLRM")
+            pipe = self.load_pipeline() if pipeline is None else pipeline
             scene = pipe(prep, seed=opts.seed, min_opacity=opts.min_opacity, on_stage=stage)
-            del pipe  # free the network before the outputs
+            del pipe  # a network loaded here is freed before the outputs
             if opts.refine:
                 scene = refine_result(
                     scene,

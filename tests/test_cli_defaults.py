@@ -22,9 +22,10 @@ CONFIGS = {
     "eval": (EvalConfig, {}, {}),
 }
 #: the CLI's own options: inputs, outputs, switches with no library default
+BATCH = {"overwrite", "ray", "ray_address", "ray_cpus_per_worker", "workers"}  # folder input
 CLI_ONLY = {
-    "recon": {"views", "output", "device"},
-    "gen": {"photo", "output", "device", "texture", "overwrite"},
+    "recon": {"views", "output", "device", *BATCH},
+    "gen": {"photo", "output", "device", "texture", *BATCH},
     "render": {
         "model",
         "output",

@@ -194,18 +194,18 @@ def test_folder_skips_finished(tmp_path, tiny, cli) -> None:
     out = tmp_path / "out"
     code, _, err = cli("gen", photos, "-o", out, *tiny, *FAST, "--views", "4")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["bird", "lamp"]
+    assert sorted(p.name for p in out.iterdir()) == ["batch.json", "bird", "lamp"]
     for sub in ("bird", "lamp"):
         assert (out / sub / "model.ply").is_file()
         tj = json.loads((out / sub / "views" / "transforms.json").read_text())
         assert [f["file_path"] for f in tj["frames"]] == ["00.png", "02.png", "04.png", "05.png"]
     stamp = (out / "lamp" / "model.ply").stat().st_mtime_ns
     code, _, err = cli("gen", photos, "-o", out, *tiny, *FAST)
-    assert code == 0 and err.count("skipped") == 2, err
+    assert code == 0 and err.count("skipped: ") == 2, err
     assert (out / "lamp" / "model.ply").stat().st_mtime_ns == stamp
     (photos / "bird.png").unlink()
     code, _, err = cli("gen", photos, "-o", out, *tiny, *FAST, "--overwrite")
-    assert code == 0 and "skipped" not in err, err
+    assert code == 0 and "skipped: " not in err, err
     assert (out / "lamp" / "model.ply").stat().st_mtime_ns != stamp
 
 

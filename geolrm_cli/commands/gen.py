@@ -176,9 +176,11 @@ def gen(
     mesh_resolution: int = opt.MESH_RESOLUTION,
     texture: bool = opt.TEXTURE,
     texture_size: int = opt.TEXTURE_SIZE,
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Folder input: redo photos whose outputs already exist."
-    ),
+    overwrite: bool = opt.OVERWRITE,
+    ray: bool = opt.RAY,
+    ray_address: str | None = opt.RAY_ADDRESS,
+    ray_cpus_per_worker: int | None = opt.RAY_CPUS,
+    workers: int | None = opt.WORKERS,
     up: Up = typer.Option(
         Up(_DEFAULTS.up),
         "--up",
@@ -187,7 +189,7 @@ def gen(
 ) -> None:
     """Turn one photo into a 3D asset: background removal, multi-view diffusion, GeoLRM.
 
-    Writes into the output folder: input.png (the framed photo), views.png (every generated view), views/ (the views GeoLRM used with their transforms.json, so `geolrm recon OUT/views` reruns the last stage), model.ply, cameras.json, model_frame.json, turntable.mp4 (unless --no-video) and mesh.glb (with --mesh; textured with --texture). A folder of photos writes one subfolder per photo and skips those already done (unless --overwrite).
+    Writes into the output folder: input.png (the framed photo), views.png (every generated view), views/ (the views GeoLRM used with their transforms.json, so `geolrm recon OUT/views` reruns the last stage), model.ply, cameras.json, model_frame.json, turntable.mp4 (unless --no-video) and mesh.glb (with --mesh; textured with --texture). A folder of photos writes one subfolder per photo, skips those already done (unless --overwrite), records every photo in OUT/batch.json and exits with 1 when a photo failed; --ray spreads the photos over a Ray cluster.
 
     Weights come from the registry (`geolrm weights download zero123pp instantmesh-unet geolrm u2net --accept-license`); nothing is downloaded here.
 
@@ -197,28 +199,30 @@ def gen(
 
       geolrm gen photos/ -o out/ --mesh
 
+      geolrm gen photos/ -o out/ --ray
+
       geolrm gen photo.png -o out/ --texture
 
       geolrm gen photo.png --mv sv3d --elevation 5 -o out/
     """
-    from geolrm_cli.console import console, error_line, resolve_device
+    from geolrm_cli.batches import ray_config, run_folder
+    from geolrm_cli.console import console, resolve_device
+    from pipelines.batch import GenTask, gen_jobs
     from pipelines.errors import InputError
-    from pipelines.generate import Generator, list_photos, output_folders
-    from pipelines.layout import gen_finished
+    from pipelines.generate import Generator
 
     dev = resolve_device(device)
     mesh = mesh or texture
+    cluster = ray_config(ray, ray_address, ray_cpus_per_worker, workers)
     if not photo.exists():
         raise InputError(f"{photo}: no such file or folder; pass a photo or a folder of photos")
     if photo.is_dir():
-        photos = list_photos(photo)
-        if not photos:
-            raise InputError(f"{photo} holds no PNG/JPEG/WebP photos; pass a photo or a folder")
         base = output or photo.resolve().parent / f"{photo.resolve().name}_gen"
-        jobs = list(zip(photos, output_folders(photos, base), strict=True))
+        jobs = gen_jobs(photo, base)
+    elif cluster is not None:
+        raise InputError("--ray runs a folder of photos; pass the folder, or leave out --ray")
     else:
         base = output or photo.resolve().parent / f"{photo.stem}_gen"
-        jobs = [(photo, base)]
     opts = GenOptions(
         mv=mv.value,
         views=views,
@@ -251,54 +255,23 @@ def gen(
         texture_size=texture_size if texture else None,
         up=up.value,
     )
-    generator = Generator(opts)  # checks options and weights before any work
 
     def note(text: str) -> None:
         console.print(f"[yellow]licence:[/] {text}", soft_wrap=True)
 
-    results, skipped, failed = [], [], []
-    folder = photo.is_dir()
-    for src, out in jobs:
-        if folder and not overwrite and gen_finished(out, mesh=mesh, video=video):
-            skipped.append((src, out))
-            continue
-        try:
-            with stages() as (start, advance):
-                result = generator.run(src, out, on_stage=start, advance=advance, on_note=note)
-        except InputError as e:
-            if not folder:
-                raise
-            error_line(f"{src.name}: {e}")
-            failed.append((src, str(e)))
-            continue
-        results.append(result)
-        console.print(_stage_table(result))
-        dropped = f", {result.dropped:,} dropped below opacity {min_opacity:g}" * (min_opacity > 0)
-        console.print(
-            f"[green]done:[/] {result.gaussians:,} Gaussians{dropped} from {src.name} -> {out}/ "
-            f"({', '.join(sorted(p.name for p in result.files))})",
-            soft_wrap=True,
-        )
-    if folder:
-        from rich.table import Table
-
-        table = Table(title=f"{photo} -> {base}", title_justify="left")
-        for col, just in (
-            ("photo", "left"),
-            ("status", "left"),
-            ("Gaussians", "right"),
-            ("time", "right"),
-            ("output", "left"),
-        ):
-            table.add_column(col, justify=just)
-        for r in results:
-            table.add_row(
-                r.photo.name, "done", f"{r.gaussians:,}", f"{r.seconds:.1f} s", str(r.out_dir)
-            )
-        for src, out in skipped:
-            table.add_row(src.name, "skipped (done; --overwrite redoes it)", "-", "-", str(out))
-        for src, msg in failed:
-            table.add_row(src.name, "[red]failed[/]", "-", "-", msg)
-        console.print(table)
-        if failed:
-            raise typer.Exit(2)
+    if photo.is_dir():
+        task = GenTask(opts)
+        for text in task.check():  # options and weights, before any work
+            note(text)
+        run_folder(task, jobs, base, f"gen {photo} -> {base}", overwrite, cluster)
+        return
+    generator = Generator(opts)  # checks options and weights before any work
+    with stages() as (start, advance):
+        result = generator.run(photo, base, on_stage=start, advance=advance, on_note=note)
+    console.print(_stage_table(result))
+    dropped = f", {result.dropped:,} dropped below opacity {min_opacity:g}" * (min_opacity > 0)
+    console.print(
+        f"[green]done:[/] {result.gaussians:,} Gaussians{dropped} from {photo.name} -> {base}/ "
+        f"({', '.join(sorted(p.name for p in result.files))})",
+        soft_wrap=True,
+    )

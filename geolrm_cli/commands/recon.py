@@ -59,7 +59,7 @@ def recon(
     views: Path = typer.Argument(
         ...,
         help="Folder of views (with a transforms.json unless --cameras is given), "
-        "or a transforms.json.",
+        "a transforms.json, or a folder of scenes (subfolders with a transforms.json each).",
     ),
     cameras: str | None = typer.Option(
         None,
@@ -148,6 +148,11 @@ def recon(
         max=4096,
         help="Size in pixels the views are fitted at (--method optimize, --refine).",
     ),
+    overwrite: bool = opt.OVERWRITE,
+    ray: bool = opt.RAY,
+    ray_address: str | None = opt.RAY_ADDRESS,
+    ray_cpus_per_worker: int | None = opt.RAY_CPUS,
+    workers: int | None = opt.WORKERS,
 ) -> None:
     """Reconstruct 3D Gaussians from posed views with GeoLRM.
 
@@ -156,6 +161,8 @@ def recon(
     With --method optimize no network is used: the object is carved from the views' alpha masks (visual hull), Gaussians are sampled on it and fitted to the views (L1 + D-SSIM + mask loss, densification and pruning) for --iterations steps at --resolution pixels. --refine N does the same fit starting from GeoLRM's Gaussians.
 
     Writes into the output folder: model.ply (standard 3DGS layout, in the input cameras' frame, so `geolrm render out/model.ply --cameras cams.json` lines up with the photos), turntable.mp4 (unless --no-video), cameras.json (the cameras used), model_frame.json (the similarity to the model's frame), with --mesh mesh.glb (as `geolrm mesh out/model.ply` would write it, with the input cameras for its unseen-surface fill; textured with --texture) and, with --save-raw, raw.safetensors. Nothing is written when something fails.
+
+    A folder of scenes writes one subfolder per scene, skips those already done (unless --overwrite), records every scene in OUT/batch.json and exits with 1 when a scene failed; --ray spreads the scenes over a Ray cluster.
 
     Examples:
 
@@ -169,12 +176,19 @@ def recon(
 
       geolrm recon views/ --cameras cams.json --refine 300 -o out/
 
+      geolrm recon scenes/ --method optimize -o out/ --ray
+
       geolrm recon zero123pp_views/ --cameras zero123pp -o out/
 
       geolrm recon tests/fixtures/geolrm_tiny/tiny_views --checkpoint tests/fixtures/geolrm_tiny/geolrm_tiny_weights.safetensors --config examples/tiny/geolrm_tiny_config.json --size 112 -o out/
     """
+    from geolrm_cli.batches import ray_config, run_folder
     from geolrm_cli.console import console, resolve_device
-    from pipelines.recon import Recon
+    from pipelines.batch import ReconTask, list_scenes, recon_jobs
+    from pipelines.errors import InputError
+    from pipelines.recon import Recon, default_output
+
+    cluster = ray_config(ray, ray_address, ray_cpus_per_worker, workers)
 
     opts = ReconOptions(
         cameras=cameras,
@@ -202,6 +216,18 @@ def recon(
         iterations=iterations,
         resolution=resolution,
     )
+    if list_scenes(views, cameras):
+        base = default_output(views) if output is None else output
+        task = ReconTask(opts)
+        task.check()  # options and weights, before any work
+        jobs = recon_jobs(views, base, cameras)
+        run_folder(task, jobs, base, f"recon {views} -> {base}", overwrite, cluster)
+        return
+    if cluster is not None:
+        raise InputError(
+            "--ray runs a folder of scenes (subfolders with a transforms.json each); pass that "
+            "folder, or leave out --ray"
+        )
     job = Recon(views, output, opts)  # every check before any work
     with stages() as (start, advance):
         run = job.run(on_stage=start, advance=advance, on_step=_step_reporter(advance))
