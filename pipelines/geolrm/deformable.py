@@ -127,10 +127,17 @@ def _cpu_args(value, spatial_shapes, reference, offsets, weights):
         shapes,
         starts,
         reference.detach().contiguous().numpy(),
-        offsets.detach().contiguous().numpy(),
+        _normalised(offsets.detach(), spatial_shapes).numpy(),
         weights.detach().contiguous().numpy(),
         order.numpy(),
     )
+
+
+def _normalised(offsets: torch.Tensor, spatial_shapes) -> torch.Tensor:
+    """Offsets in pixels -> in normalised image units, offset / (W_l, H_l) per level (the
+    same for every view, so computed once). [B, S, Hc, Lv, P, 2] -> same, contiguous."""
+    wh = offsets.new_tensor([[w, h] for h, w in spatial_shapes])  # [Lv, 2]
+    return (offsets / wh[:, None, :]).contiguous()
 
 
 class SampleViews(torch.autograd.Function):
@@ -181,13 +188,14 @@ _U = np.uint64  # unsigned flat indices: numba then emits no negative-index wrap
 
 @njit(inline="always")
 def _taps(rx, ry, ox, oy, hh, ww):
-    """Bilinear taps of one point: (inside, x0, y0, wx1, wy1); inside False when no tap
-    is in the image (also NaN / far points)."""
+    """Bilinear taps of one point at reference (rx, ry) + normalised offset (ox, oy):
+    (inside, x0, y0, wx1, wy1); inside False when no tap is in the image (also NaN / far
+    points)."""
     one, two, half = np.float32(1.0), np.float32(2.0), np.float32(0.5)
     fw, fh = np.float32(ww), np.float32(hh)
-    # the float32 steps of offset/normaliser, 2·loc-1 and grid_sample's unnormalise
-    gx = (rx + ox / fw) * two - one
-    gy = (ry + oy / fh) * two - one
+    # the float32 steps of 2·loc-1 and grid_sample's unnormalise
+    gx = (rx + ox) * two - one
+    gy = (ry + oy) * two - one
     ix = ((gx + one) * fw - one) * half
     iy = ((gy + one) * fh - one) * half
     if not (ix > -one and ix < fw and iy > -one and iy < fh):
