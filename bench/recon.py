@@ -35,7 +35,7 @@ TRAIN_VIEWS, TRAIN_SIZE, TRAIN_ANCHORS = 6, 448, 4096
 #: layers of the released transformer's 16 in the training case: autograd keeps ~0.6 GB of
 #: activations per layer at this size, so 4 layers keep the case within a few GB
 TRAIN_LAYERS = 4
-TRAIN_REPEATS = 3
+TRAIN_REPEATS = 2
 TARGET_RSS_GB = {"6x448": 4.0, "21x560": 8.0}
 TARGET_FRACTION = 0.5
 
@@ -124,7 +124,7 @@ def run_case(name: str) -> dict:
     import torch
 
     from pipelines.geolrm import GeoLRM
-    from pipelines.geolrm.model import deformable_sample
+    from pipelines.warmup import STEPS
 
     views, size = CASES[name]
     peak_before = matmul_peak_gflops()
@@ -132,12 +132,7 @@ def run_case(name: str) -> dict:
     model = GeoLRM.from_config(None, force_anchors=8192)
     build_s = time.perf_counter() - t
     rss_model = peak_rss_gb()
-    # compile/load the numba sampling kernels (C = 24 and 48 channels per head) outside the timing
-    for c in (24, 48):
-        deformable_sample(
-            torch.zeros(1, 5, 2, c), ((1, 5),), torch.zeros(1, 3, 2),
-            torch.zeros(1, 3, 2, 1, 1, 2), torch.ones(1, 3, 2, 1, 1),
-        )  # fmt: skip
+    STEPS["geolrm"]()  # compile/load the numba sampling kernels outside the timing
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(1, views, 3, size, size, generator=gen)
     c2ws, Ks = cameras(views)

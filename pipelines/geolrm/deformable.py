@@ -187,11 +187,13 @@ _U = np.uint64  # unsigned flat indices: numba then emits no negative-index wrap
 
 
 @njit(inline="always")
-def _taps(rx, ry, ox, oy, hh, ww):
-    """Bilinear taps of one point at reference (rx, ry) + normalised offset (ox, oy):
-    (inside, x0, y0, wx1, wy1); inside False when no tap is in the image (also NaN / far
-    points)."""
-    one, two, half = np.float32(1.0), np.float32(2.0), np.float32(0.5)
+def _taps(rx, ry, ox, oy, hh, ww, st):
+    """The four bilinear taps (x0,y0), (x1,y0), (x0,y1), (x1,y1) of one point at reference
+    (rx, ry) + normalised offset (ox, oy) on a level of hh x ww rows starting at row st:
+    (inside, x0, y0, rows r00, r01, r10, r11, weights wx0, wx1, wy0, wy1). inside is False when
+    no tap is in the image (also NaN / far points); a tap outside gets a zero x or y weight
+    and a clamped (valid) row."""
+    one, two, half, zero = np.float32(1.0), np.float32(2.0), np.float32(0.5), np.float32(0.0)
     fw, fh = np.float32(ww), np.float32(hh)
     # the float32 steps of 2·loc-1 and grid_sample's unnormalise
     gx = (rx + ox) * two - one
@@ -199,17 +201,10 @@ def _taps(rx, ry, ox, oy, hh, ww):
     ix = ((gx + one) * fw - one) * half
     iy = ((gy + one) * fh - one) * half
     if not (ix > -one and ix < fw and iy > -one and iy < fh):
-        return False, 0, 0, np.float32(0.0), np.float32(0.0)
+        return False, 0, 0, 0, 0, 0, 0, zero, zero, zero, zero
     x0 = int(ix + one) - 1  # floor, since ix > -1
     y0 = int(iy + one) - 1
-    return True, x0, y0, ix - np.float32(x0), iy - np.float32(y0)
-
-
-@njit(inline="always")
-def _corners(x0, y0, wx1, wy1, hh, ww, st):
-    """Rows and bilinear weights of the four taps (x0,y0), (x1,y0), (x0,y1), (x1,y1);
-    a tap outside the image gets weight 0 and a clamped (valid) row."""
-    one, zero = np.float32(1.0), np.float32(0.0)
+    wx1, wy1 = ix - np.float32(x0), iy - np.float32(y0)
     wx0, wy0 = one - wx1, one - wy1
     if x0 < 0:
         wx0 = zero
@@ -221,11 +216,7 @@ def _corners(x0, y0, wx1, wy1, hh, ww, st):
         wy1 = zero
     xa, xb = max(x0, 0), min(x0 + 1, ww - 1)
     ya, yb = st + max(y0, 0) * ww, st + min(y0 + 1, hh - 1) * ww
-    return (
-        ya + xa, ya + xb, yb + xa, yb + xb,
-        wx0 * wy0, wx1 * wy0, wx0 * wy1, wx1 * wy1,
-        wx0, wx1, wy0, wy1,
-    )  # fmt: skip
+    return True, x0, y0, ya + xa, ya + xb, yb + xa, yb + xb, wx0, wx1, wy0, wy1
 
 
 @functools.cache
@@ -258,17 +249,15 @@ def _kernels(C: int):
                     for lvl in range(Lv):
                         hh, ww, st = shapes[lvl, 0], shapes[lvl, 1], starts[lvl]
                         for p in range(P):
-                            ok, x0, y0, wx1, wy1 = _taps(
+                            ok, x0, y0, r00, r01, r10, r11, wx0, wx1, wy0, wy1 = _taps(
                                 rx, ry, offsets[b, s, h, lvl, p, 0], offsets[b, s, h, lvl, p, 1],
-                                hh, ww,
+                                hh, ww, st,
                             )  # fmt: skip
                             if not ok:
                                 continue
-                            r00, r01, r10, r11, w00, w01, w10, w11, _, _, _, _ = _corners(
-                                x0, y0, wx1, wy1, hh, ww, st
-                            )
                             a = weights[b, s, h, lvl, p]
-                            w00, w01, w10, w11 = a * w00, a * w01, a * w10, a * w11
+                            w00, w01 = a * (wx0 * wy0), a * (wx1 * wy0)
+                            w10, w11 = a * (wx0 * wy1), a * (wx1 * wy1)
                             i00, i01 = _U(vb + r00 * sl), _U(vb + r01 * sl)
                             i10, i11 = _U(vb + r10 * sl), _U(vb + r11 * sl)
                             for c in range(C):
@@ -311,15 +300,13 @@ def _kernels(C: int):
                     for lvl in range(Lv):
                         hh, ww, st = shapes[lvl, 0], shapes[lvl, 1], starts[lvl]
                         for p in range(P):
-                            ok, x0, y0, wx1, wy1 = _taps(
+                            ok, x0, y0, r00, r01, r10, r11, wx0, wx1, wy0, wy1 = _taps(
                                 rx, ry, offsets[b, s, h, lvl, p, 0], offsets[b, s, h, lvl, p, 1],
-                                hh, ww,
+                                hh, ww, st,
                             )  # fmt: skip
                             if not ok:
                                 continue
-                            r00, r01, r10, r11, w00, w01, w10, w11, wx0, wx1, wy0, wy1 = _corners(
-                                x0, y0, wx1, wy1, hh, ww, st
-                            )
+                            w00, w01, w10, w11 = wx0 * wy0, wx1 * wy0, wx0 * wy1, wx1 * wy1
                             i00, i01 = _U(vb + r00 * sl), _U(vb + r01 * sl)
                             i10, i11 = _U(vb + r10 * sl), _U(vb + r11 * sl)
                             # <grad, tap value> of the four taps (0 for taps outside)
