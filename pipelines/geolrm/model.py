@@ -589,8 +589,8 @@ def deformable_sample(
 
     One view; :func:`deformable_sample_views` samples all views at once. On CPU a numba kernel
     does it (no per-point intermediates); with autograd on and an input requiring gradients the
-    differentiable all-view kernel (``pipelines.geolrm.deformable``) with V = 1. Elsewhere, or
-    without numba, a torch version (one ``embedding_bag`` over a channels-last table).
+    differentiable all-view kernel (``pipelines.geolrm.deformable``) with V = 1. On other
+    devices a torch version (one ``embedding_bag`` over a channels-last table).
 
     Args:
         value: [B, L, Hc, C] per-head values, L = Σ h_l·w_l (levels concatenated).
