@@ -3,10 +3,15 @@
 Prints one JSON object: for 6 views x 448 px (Zero123++ layout) and 21 views x 560 px (SV3D
 layout), anchors forced to 8192 (max_seq_len of configs/geolrm.yaml), seconds per stage, peak
 RSS, estimated FLOPs, the fp32 matmul peak measured in the same process, and the fraction of it
-the whole forward achieves. Each case runs in its own process so peak RSS is per case.
+the whole forward achieves. Case ``train6x448``: the reconstruction transformer at a training
+size (6 input views, 448 px, 4096 anchors, random encoder features), forward and forward +
+backward with the cross-view attention sampling all views at once (``new``) and one view at a
+time (``old``: the per-view loop, its forward with the per-view numba kernel, its backward
+through the per-view torch sampling). Each case runs in its own process so peak RSS is per case.
 
-    .venv/bin/python bench/recon.py                 # both cases
-    .venv/bin/python bench/recon.py --case 6x448    # one case (what the parent runs)
+    .venv/bin/python bench/recon.py                     # all cases
+    .venv/bin/python bench/recon.py --case 6x448        # one case (what the parent runs)
+    .venv/bin/python bench/recon.py --case train6x448 --train-layers 2   # a quicker look
 """
 
 from __future__ import annotations
@@ -25,6 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CASES = {"6x448": (6, 448), "21x560": (21, 560)}
+TRAIN_CASE = "train6x448"
+TRAIN_VIEWS, TRAIN_SIZE, TRAIN_ANCHORS = 6, 448, 4096
+#: layers of the released transformer's 16 in the training case: autograd keeps ~0.6 GB of
+#: activations per layer at this size, so 4 layers keep the case within a few GB
+TRAIN_LAYERS = 4
+TRAIN_REPEATS = 2
 TARGET_RSS_GB = {"6x448": 4.0, "21x560": 8.0}
 TARGET_FRACTION = 0.5
 
@@ -113,7 +124,7 @@ def run_case(name: str) -> dict:
     import torch
 
     from pipelines.geolrm import GeoLRM
-    from pipelines.geolrm.model import deformable_sample
+    from pipelines.warmup import STEPS
 
     views, size = CASES[name]
     peak_before = matmul_peak_gflops()
@@ -121,12 +132,7 @@ def run_case(name: str) -> dict:
     model = GeoLRM.from_config(None, force_anchors=8192)
     build_s = time.perf_counter() - t
     rss_model = peak_rss_gb()
-    # compile/load the numba sampling kernels (C = 24 and 48 channels per head) outside the timing
-    for c in (24, 48):
-        deformable_sample(
-            torch.zeros(1, 5, 2, c), ((1, 5),), torch.zeros(1, 3, 2),
-            torch.zeros(1, 3, 2, 1, 1, 2), torch.ones(1, 3, 2, 1, 1),
-        )  # fmt: skip
+    STEPS["geolrm"]()  # compile/load the numba sampling kernels outside the timing
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(1, views, 3, size, size, generator=gen)
     c2ws, Ks = cameras(views)
@@ -183,19 +189,93 @@ def run_case(name: str) -> dict:
     }
 
 
+def run_train_case(layers: int) -> dict:
+    """Reconstruction transformer forward and forward + backward, all-view vs per-view."""
+    import torch
+
+    from pipelines.geolrm import GeoLRM
+    from pipelines.geolrm.model import (
+        CrossViewAttention,
+        ImageFeatures,
+        _deformable_sample_torch,
+        deformable_sample,
+    )
+
+    model = GeoLRM.from_config(None)
+    transformer = model.lrm_generator.transformer
+    transformer.layers = transformer.layers[:layers]
+    transformer.requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    c2ws, Ks = cameras(TRAIN_VIEWS)
+    lo, hi = TRAIN_SIZE // 4, 2 * (TRAIN_SIZE // 14)
+    shapes = ((lo, lo), (hi, hi))
+    feat_dim = model.config.lrm_generator.encoder_feat_dim
+    feats = torch.randn(1, TRAIN_VIEWS, lo * lo + hi * hi, feat_dim, generator=gen)
+    features = ImageFeatures(feats, shapes)
+    xyz = (torch.rand(1, TRAIN_ANCHORS, 3, generator=gen) - 0.5) * 0.8
+    attentions = [m for m in transformer.modules() if isinstance(m, CrossViewAttention)]
+
+    def use(variant: str, backward: bool) -> None:
+        for m in attentions:
+            m.__dict__.pop("forward", None)  # the class's forward: all views at once
+            if variant == "old":
+                sample = _deformable_sample_torch if backward else deformable_sample
+                m.forward = lambda q, f, r, m=m, s=sample: m.forward_per_view(q, f, r, s)
+
+    def step(backward: bool) -> float:
+        transformer.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        if backward:
+            transformer(xyz, features, c2ws, Ks).square().mean().backward()
+        else:
+            with torch.no_grad():
+                transformer(xyz, features, c2ws, Ks)
+        return time.perf_counter() - t
+
+    # interleaved, best of REPEATS after a warm-up: the machine's load varies from run to run
+    times: dict[str, list[float]] = {}
+    for rep in range(TRAIN_REPEATS + 1):
+        for backward in (False, True):
+            for variant in ("new", "old"):
+                use(variant, backward)
+                dt = step(backward)
+                key = f"{variant}_{'forward_backward' if backward else 'forward'}_s"
+                if rep:  # rep 0 warms up (kernels loaded, allocator primed)
+                    times.setdefault(key, []).append(dt)
+    use("new", False)
+    out = {k: round(min(v), 2) for k, v in times.items()}
+    for kind in ("forward", "forward_backward"):
+        out[f"speedup_{kind}"] = round(out[f"old_{kind}_s"] / out[f"new_{kind}_s"], 2)
+    return {
+        "views": TRAIN_VIEWS,
+        "image_size": TRAIN_SIZE,
+        "anchors": TRAIN_ANCHORS,
+        "layers": f"{layers} of {model.config.lrm_generator.transformer_layers}",
+        "threads": torch.get_num_threads(),
+        **out,
+        "peak_rss_gb": round(peak_rss_gb(), 3),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", choices=sorted(CASES), help="run one case in this process")
+    parser.add_argument(
+        "--case", choices=[*sorted(CASES), TRAIN_CASE], help="run one case in this process"
+    )
+    parser.add_argument("--train-layers", type=int, default=TRAIN_LAYERS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.case == TRAIN_CASE:
+        print(json.dumps(run_train_case(args.train_layers)))
+        return
     if args.case:
         print(json.dumps(run_case(args.case)))
         return
     results = {"cpu_count": os.cpu_count()}
-    for name in CASES:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--case", name], capture_output=True, text=True, check=False
-        )
+    for name in [*CASES, TRAIN_CASE]:
+        cmd = [sys.executable, __file__, "--case", name, "--train-layers", str(args.train_layers)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             results[name] = {"error": proc.stderr.strip().splitlines()[-1:]}
             continue

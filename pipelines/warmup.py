@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 
+from pipelines.geolrm.deformable import sample_views
 from pipelines.geolrm.model import ProposalConfig, ReconstructionConfig, deformable_sample
 from pipelines.mesh import gaussians_to_mesh
 from pipelines.optimize.trainer import TrainConfig, optimize_gaussians
@@ -93,8 +94,9 @@ def _mesh() -> None:
 
 
 def _geolrm() -> None:
-    """GeoLRM's fused deformable sampling, for the channels per head of the released model's
-    proposal and reconstruction transformers (and of the tiny test model)."""
+    """GeoLRM's deformable sampling kernels (per view; all views, forward and backward), for
+    the channels per head of the released model's proposal and reconstruction transformers
+    (and of the tiny test model)."""
     gen = torch.Generator().manual_seed(0)
     channels = sorted(
         {
@@ -112,6 +114,9 @@ def _geolrm() -> None:
         offsets = torch.randn(B, S, Hc, len(shapes), P, 2, generator=gen)
         weights = torch.rand(B, S, Hc, len(shapes), P, generator=gen)
         deformable_sample(value, shapes, reference, offsets, weights)
+        value = value[:, None].requires_grad_()
+        out = sample_views(value, shapes, reference[:, None], offsets, weights)
+        out.sum().backward()
 
 
 STEPS: dict[str, Callable[[], None]] = {

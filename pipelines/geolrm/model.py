@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pipelines.errors import InputError
 from pipelines.geolrm.checkpoint import load_geolrm_state_dict
+from pipelines.geolrm.deformable import sample_views
 from pipelines.geolrm.dinov2_keys import dinov2_key_to_installed, dinov2_key_to_official
 from pipelines.numba_jit import cached_njit
 from pipelines.splats.gaussians import Gaussians
@@ -613,8 +614,10 @@ def deformable_sample(
     ``grid_sample(align_corners=False, padding_mode='zeros')`` on 2·loc - 1, and the samples are
     summed with the attention weights over levels × points.
 
-    On CPU a fused numba kernel does it (no per-point intermediates); elsewhere, or without
-    numba, a torch version (one ``embedding_bag`` over a channels-last table).
+    One view; :func:`deformable_sample_views` samples all views at once. On CPU a numba kernel
+    does it (no per-point intermediates); with autograd on and an input requiring gradients the
+    differentiable all-view kernel (``pipelines.geolrm.deformable``) with V = 1. On other
+    devices a torch version (one ``embedding_bag`` over a channels-last table).
 
     Args:
         value: [B, L, Hc, C] per-head values, L = Σ h_l·w_l (levels concatenated).
@@ -625,17 +628,40 @@ def deformable_sample(
     Returns:
         [B, S, Hc·C], channel = head·C + c.
     """
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (value, reference, offsets, weights)
-    )
-    if (
-        value.device.type == "cpu"
-        and value.dtype == torch.float32
-        and not needs_grad
-        and _numba_available()
-    ):
+    if value.device.type == "cpu" and value.dtype == torch.float32:
+        inputs = (value, reference, offsets, weights)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            out = deformable_sample_views(
+                value[:, None], spatial_shapes, reference[:, None], offsets, weights
+            )
+            return out[:, 0]
         return _deformable_sample_numba(value, spatial_shapes, reference, offsets, weights)
     return _deformable_sample_torch(value, spatial_shapes, reference, offsets, weights)
+
+
+@fp32_geometry
+def deformable_sample_views(
+    value: torch.Tensor,
+    spatial_shapes: tuple[tuple[int, int], ...],
+    reference: torch.Tensor,
+    offsets: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`deformable_sample` of every view in one operation, differentiable (fp32 whatever
+    the inputs; the result has ``value``'s dtype).
+
+    Args:
+        value: [B, V, L, Hc, C] per-head values of each view.
+        spatial_shapes: (h, w) per level.
+        reference: [B, V, S, 2] normalised (u, v) reference points per view.
+        offsets: [B, S, Hc, Lv, P, 2], weights: [B, S, Hc, Lv, P]: shared by all views.
+    Returns:
+        [B, V, S, Hc·C].
+    """
+    out = sample_views(
+        value.float(), spatial_shapes, reference.float(), offsets.float(), weights.float()
+    )
+    return out.to(value.dtype)
 
 
 @fp32_geometry
@@ -684,15 +710,6 @@ def _deformable_sample_torch(value, spatial_shapes, reference, offsets, weights)
     wts = torch.cat(w_all, dim=-1).view(B * S * Hc, -1)
     out = F.embedding_bag(idx, table, per_sample_weights=wts, mode="sum")
     return out.view(B, S, Hc * C).to(out_dtype)
-
-
-@functools.cache
-def _numba_available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @functools.cache
@@ -817,18 +834,34 @@ class DeformableAttention(nn.Module):
         feats: torch.Tensor,
         spatial_shapes: tuple[tuple[int, int], ...],
         reference: torch.Tensor,
+        sample=deformable_sample,
     ) -> torch.Tensor:
         """One view. feats [B, L, C], reference [B, S, 2] -> [B, S, D]."""
         B, L, _ = feats.shape
         value = self.value_proj(feats).view(B, L, self.heads, -1)
-        return deformable_sample(value, spatial_shapes, reference, offsets, weights)
+        return sample(value, spatial_shapes, reference, offsets, weights)
+
+    def forward_views(
+        self,
+        offsets: torch.Tensor,
+        weights: torch.Tensor,
+        feats: torch.Tensor,
+        spatial_shapes: tuple[tuple[int, int], ...],
+        reference: torch.Tensor,
+    ) -> torch.Tensor:
+        """All views at once. feats [B, V, L, C], reference [B, V, S, 2] -> [B, V, S, D]."""
+        B, V, L, _ = feats.shape
+        value = self.value_proj(feats).view(B, V, L, self.heads, -1)
+        return deformable_sample_views(value, spatial_shapes, reference, offsets, weights)
 
 
 class CrossViewAttention(nn.Module):
     """Official ``MSDCAWrapper``: deformable attention into each view, fused over views.
 
-    out = output_proj(Σ_v softmax_v(cross_view_weight(o_v))·o_v) + query. The view softmax is
-    computed online (running max), so per-view outputs are not all kept.
+    out = output_proj(Σ_v softmax_v(cross_view_weight(o_v))·o_v) + query, with o_v the
+    deformable attention into view v (offsets and weights from the query, shared by all views).
+    :meth:`forward` samples all views in one operation; :meth:`forward_per_view`, the reference,
+    loops over views with an online view softmax.
     """
 
     def __init__(self, dim: int, feat_dim: int, heads: int, points: int):
@@ -842,10 +875,35 @@ class CrossViewAttention(nn.Module):
     ) -> torch.Tensor:
         """query [B,S,D] (normalised stream), reference [B,V,S,2] -> [B,S,D] incl. residual."""
         offsets, weights = self.deformable_attention.sampling(query)
+        o = self.deformable_attention.forward_views(
+            offsets, weights, features.feats, features.spatial_shapes, reference
+        )  # [B, V, S, D]
+        p = self.cross_view_weight(o).softmax(dim=1)  # [B, V, S, 1]
+        acc = o[:, 0] * p[:, 0]
+        for v in range(1, o.shape[1]):  # Σ_v p_v·o_v without a [B, V, S, D] temporary
+            acc = acc.addcmul_(o[:, v], p[:, v])
+        return self.output_proj(acc) + query
+
+    def forward_per_view(
+        self,
+        query: torch.Tensor,
+        features: ImageFeatures,
+        reference: torch.Tensor,
+        sample=deformable_sample,
+    ) -> torch.Tensor:
+        """:meth:`forward` one view at a time (the reference): each view's o_v, then an online
+        view softmax (running max), so per-view outputs are not all kept. ``sample``: the
+        per-view sampling function (:func:`deformable_sample` or its torch version)."""
+        offsets, weights = self.deformable_attention.sampling(query)
         run_max = acc = denom = None
         for v in range(features.feats.shape[1]):
             o = self.deformable_attention.forward_view(
-                offsets, weights, features.feats[:, v], features.spatial_shapes, reference[:, v]
+                offsets,
+                weights,
+                features.feats[:, v],
+                features.spatial_shapes,
+                reference[:, v],
+                sample,
             )
             logit = self.cross_view_weight(o)  # [B, S, 1]
             if run_max is None:
