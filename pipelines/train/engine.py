@@ -162,22 +162,19 @@ class _TrainData(L.LightningDataModule):
         train: TrainDataset,
         val: TrainDataset | None,
         config: TrainConfig,
+        counts: ViewCounts,
         start_batch: int,
     ) -> None:
         super().__init__()
-        self.train_set, self.val_set, self.config, self.start_batch = (
-            train,
-            val,
-            config,
-            start_batch,
-        )
+        self.train_set, self.val_set, self.config = train, val, config
+        self.counts, self.start_batch = counts, start_batch
 
     def train_dataloader(self) -> DataLoader:
         cfg = self.config
         sampler = StepSampler(
             len(self.train_set),
             cfg.batch_size,
-            ViewCounts(tuple(cfg.views_in), cfg.views_out),
+            self.counts,
             seed=cfg.seed,
             start=self.start_batch,
             rank=self.trainer.global_rank,
@@ -231,8 +228,10 @@ def _checkpoint_step(path: Path) -> int:
 
 
 def _stage_anchors(config: TrainConfig, stage: str, trained_proposal: bool) -> str:
-    if stage == "proposal" or config.anchors != "auto":
-        return config.anchors if stage != "proposal" else "occupancy"
+    if stage == "proposal":
+        return "occupancy"  # the proposal stage reads no anchors
+    if config.anchors != "auto":
+        return config.anchors
     return "proposal" if trained_proposal else "occupancy"
 
 
@@ -349,23 +348,15 @@ def train(
         note(f"skipped {path}: {why}")
 
     objects = find_objects(data, on_skip=skip)
-    val_objects = find_objects(val, on_skip=skip) if val else objects
     model = _build_model(cfg, model_config if not resume else run / CONFIG_NAME)
+    counts = ViewCounts(tuple(cfg.views_in), cfg.views_out)
     G = model.config.serializer.grid_size
-    train_set = TrainDataset(
-        objects,
-        cfg.size,
-        ViewCounts(tuple(cfg.views_in), cfg.views_out),
-        seed=cfg.seed,
-        grid_size=G,
-    )
-    val_set = TrainDataset(
-        val_objects,
-        cfg.size,
-        ViewCounts(tuple(cfg.views_in), cfg.views_out),
-        seed=cfg.seed,
-        grid_size=G,
-    )
+    train_set = TrainDataset(objects, cfg.size, counts, seed=cfg.seed, grid_size=G)
+    # without --val: the training objects' held-out views, from the same dataset (and caches)
+    val_set = train_set
+    if val:
+        val_objects = find_objects(val, on_skip=skip)
+        val_set = TrainDataset(val_objects, cfg.size, counts, seed=cfg.seed, grid_size=G)
     lpips = _lpips(cfg, note)
 
     # 3. the stages, each a Lightning fit (resumed from its last checkpoint)
@@ -385,7 +376,7 @@ def train(
             continue
         anchors = _stage_anchors(cfg, stage, trained_proposal)
         module = GeoLRMTraining(model, cfg, stage, lpips=lpips, anchors=anchors)
-        datamodule = _TrainData(train_set, val_set, cfg, start * cfg.accumulate)
+        datamodule = _TrainData(train_set, val_set, cfg, counts, start * cfg.accumulate)
         stop = _StopOnInterrupt()
         trainer = _trainer(cfg, run, stage, model, cfg.val_every > 0, [stop, *callbacks], progress)
         with stop, warnings.catch_warnings():
