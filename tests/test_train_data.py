@@ -1,8 +1,14 @@
 """Training data: finding objects, samples (recon's frames and images), occupancy cache, order.
 
-On the shared objects (``../shared/data/objects``: 21 training views of 512 px each, 16-bit
-depth PNGs, ``points.npy``) at small sizes. Nothing is written into the shared folder: tests
-that cache copy the object into ``tmp_path`` first, the others pass ``cache=False``.
+On Spot, assembled whole in a temporary folder from the repository's files: ``examples/spot``
+(21 training views of 512 px each, 12 test views, the cameras, ``points.npy``) and
+``tests/fixtures/spot_depth`` (the 21 views' 16-bit depth PNGs, which the example does not ship),
+and on the G-Objaverse fixture ``tests/fixtures/gobjaverse_spot``; at small sizes. Every object
+the tests read is a copy, so nothing (an occupancy cache, a chmod, a rewritten ``points.npy``) is
+ever written into the repository: the module's folder of objects (``spot``, a second copy of it
+named ``cow``, and the G-Objaverse fixture) is shared by the tests and only read
+(``cache=False`` or ``occupancy=False``); tests that cache or change an object copy it into
+their own ``tmp_path`` first.
 """
 
 from __future__ import annotations
@@ -28,48 +34,73 @@ from pipelines.train import data as D
 from pipelines.train.occupancy import occupancy_grid, occupancy_iou
 
 ROOT = Path(__file__).resolve().parents[1]
-OBJECTS = ROOT.parent / "shared" / "data" / "objects"
-if not OBJECTS.is_dir():
-    OBJECTS = Path("/work/shared/data/objects")
+SPOT = ROOT / "examples" / "spot"
+DEPTH = ROOT / "tests" / "fixtures" / "spot_depth"  # all 21 of SPOT's training depth maps
 GOBJ = ROOT / "tests" / "fixtures" / "gobjaverse_spot"
 S = 56
 G = 64
 
-pytestmark = pytest.mark.skipif(not OBJECTS.is_dir(), reason="shared objects not present")
-
-
-def _spot() -> D.TrainObject:
-    return D.find_objects([OBJECTS / "spot"])[0]
-
 
 def _copy_spot(dst: Path, points: bool = True) -> Path:
-    """Spot's training split (views, depth, optionally points.npy) copied to ``dst``."""
-    src = OBJECTS / "spot"
+    """Spot whole at ``dst``: ``examples/spot``'s cameras and views (train and test), the depth
+    PNGs its ``transforms_train.json`` names (from ``tests/fixtures/spot_depth``) and, with
+    ``points``, ``points.npy``. Writable copies, whatever the checkout's modes."""
     dst.mkdir(parents=True)
-    shutil.copy(src / "transforms_train.json", dst)
-    shutil.copytree(src / "train", dst / "train")
+    for name in ("transforms_train.json", "transforms_test.json"):
+        shutil.copy(SPOT / name, dst)
+    for split in ("train", "test"):
+        shutil.copytree(SPOT / split, dst / split)
+    for p in sorted(DEPTH.glob("*_depth.png")):
+        shutil.copy(p, dst / "train")
     if points:
-        shutil.copy(src / "points.npy", dst)
-    for p in [dst, *dst.rglob("*")]:  # the shared copies are read-only
+        shutil.copy(SPOT / "points.npy", dst)
+    for p in [dst, *dst.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     return dst
 
 
-def _frames_json(path: Path, frames: list[dict], **top) -> Path:
-    meta = json.loads((OBJECTS / "spot" / "transforms_train.json").read_text())
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of three objects: ``cow`` and ``spot`` (two copies of Spot whole) and
+    ``gobjaverse_spot`` (a copy of the G-Objaverse fixture). Only read: no occupancy cache."""
+    root = tmp_path_factory.mktemp("objects")
+    _copy_spot(root / "spot")
+    _copy_spot(root / "cow")
+    shutil.copytree(GOBJ, root / GOBJ.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def spot_dir(objects: Path) -> Path:
+    """Spot's folder (in :func:`objects`)."""
+    return objects / "spot"
+
+
+@pytest.fixture(scope="module")
+def gobj(objects: Path) -> Path:
+    """The G-Objaverse fixture's copy (in :func:`objects`)."""
+    return objects / GOBJ.name
+
+
+def _spot(spot: Path) -> D.TrainObject:
+    return D.find_objects([spot])[0]
+
+
+def _frames_json(spot: Path, path: Path, frames: list[dict], **top) -> Path:
+    meta = json.loads((spot / "transforms_train.json").read_text())
     meta = {k: v for k, v in meta.items() if k != "frames"} | top
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(meta | {"frames": frames}))
     return path
 
 
-def _spot_frames(n: int) -> list[dict]:
-    """The first ``n`` frames of spot, image paths made absolute (no copy needed)."""
-    meta = json.loads((OBJECTS / "spot" / "transforms_train.json").read_text())
+def _spot_frames(spot: Path, n: int) -> list[dict]:
+    """The first ``n`` frames of spot, image paths made absolute (no copy needed), no depth."""
+    meta = json.loads((spot / "transforms_train.json").read_text())
     out = []
     for f in meta["frames"][:n]:
         f = dict(f)
-        f["file_path"] = str(OBJECTS / "spot" / f["file_path"])
+        f["file_path"] = str(spot / f["file_path"])
         f.pop("depth_file_path")
         out.append(f)
     return out
@@ -78,39 +109,44 @@ def _spot_frames(n: int) -> list[dict]:
 # -- find_objects ------------------------------------------------------------------------------
 
 
-def test_find_objects_folder_single_and_layouts() -> None:
-    objs = D.find_objects([OBJECTS])
-    assert [o.name for o in objs] == ["avocado", "spot", "suzanne", "waterbottle"]
-    for o in objs:
-        assert o.layout == "transforms" and len(o.cameras) == 21 and o.depth_scale == 1e-4
+def test_find_objects_folder_single_and_layouts(objects: Path, spot_dir: Path, gobj: Path) -> None:
+    objs = D.find_objects([objects])  # sorted by name; each object in its own layout
+    assert [o.name for o in objs] == ["cow", "gobjaverse_spot", "spot"]
+    assert [o.layout for o in objs] == ["transforms", "gobjaverse", "transforms"]
+    assert [o.root for o in objs] == [objects / o.name for o in objs]
+    for o in (objs[0], objs[2]):
+        assert len(o.cameras) == 21 and o.depth_scale == 1e-4
         assert o.surface == o.root / "points.npy" and len(o.depth_paths) == 21
-        assert (
-            o.depth_paths[3].name == "003_depth.png" and o.cameras.image_paths[3].name == "003.png"
-        )
-    one = D.find_objects([OBJECTS / "spot" / "transforms_train.json"])
+        # each object's files are its own folder's, not the first copy's
+        assert o.depth_paths[3] == o.root / "train" / "003_depth.png"
+        assert o.cameras.image_paths[3] == o.root / "train" / "003.png"
+    assert objs[1].root == gobj and len(objs[1].cameras) == 6 and objs[1].surface is None
+    one = D.find_objects([spot_dir / "transforms_train.json"])
     assert [o.name for o in one] == ["spot"]
-    test = D.find_objects([OBJECTS / "spot"], split="test")[0]
+    test = D.find_objects([spot_dir], split="test")[0]
     assert len(test.cameras) == 12 and test.depth_paths is None and test.depth_scale is None
     # the same object twice gets a unique name; the G-Objaverse fixture is read in its layout
-    both = D.find_objects([OBJECTS / "spot", OBJECTS / "spot", GOBJ])
+    both = D.find_objects([spot_dir, spot_dir, gobj])
     assert [o.name for o in both] == ["spot", "spot-2", "gobjaverse_spot"]
     g = both[2]
     assert g.layout == "gobjaverse" and len(g.cameras) == 6 and g.depth_scale is None
     assert [p.name for p in g.depth_paths][:2] == ["00000_nd.exr", "00006_nd.exr"]
 
 
-def test_find_objects_bad_data_skipped_then_refused(tmp_path: Path) -> None:
+def test_find_objects_bad_data_skipped_then_refused(tmp_path: Path, spot_dir: Path) -> None:
     data = tmp_path / "data"
-    _frames_json(data / "good" / "transforms_train.json", _spot_frames(3))
+    _frames_json(spot_dir, data / "good" / "transforms_train.json", _spot_frames(spot_dir, 3))
     (data / "nocams" / "train").mkdir(parents=True)  # views without cameras
-    shutil.copy(OBJECTS / "spot" / "train" / "000.png", data / "nocams" / "train")
-    _frames_json(data / "mismatch" / "transforms.json", _spot_frames(2), w=512, h=256)
+    shutil.copy(spot_dir / "train" / "000.png", data / "nocams" / "train")
+    _frames_json(
+        spot_dir, data / "mismatch" / "transforms.json", _spot_frames(spot_dir, 2), w=512, h=256
+    )
     rgb = data / "noalpha" / "000.png"
     rgb.parent.mkdir(parents=True)
-    Image.open(OBJECTS / "spot" / "train" / "000.png").convert("RGB").save(rgb)
-    frames = _spot_frames(2)
+    Image.open(spot_dir / "train" / "000.png").convert("RGB").save(rgb)
+    frames = _spot_frames(spot_dir, 2)
     frames[1]["file_path"] = "000.png"
-    _frames_json(data / "noalpha" / "transforms.json", frames)
+    _frames_json(spot_dir, data / "noalpha" / "transforms.json", frames)
     (data / ".hidden").mkdir()  # ignored
     (tmp_path / "empty").mkdir()
     skipped: list[tuple[Path, str]] = []
@@ -138,8 +174,8 @@ def test_find_objects_bad_data_skipped_then_refused(tmp_path: Path) -> None:
 # -- samples -----------------------------------------------------------------------------------
 
 
-def test_sample_shapes_and_recon_frames() -> None:
-    spot = _spot()
+def test_sample_shapes_and_recon_frames(spot_dir: Path) -> None:
+    spot = _spot(spot_dir)
     counts = D.ViewCounts(inputs=(1, 5), targets=3)
     ds = D.TrainDataset([spot], S, counts, seed=3, grid_size=G, cache=False)
     for n in (1, 4):  # one view: a tilted, non-identity frame; several: M = I for this rig
@@ -181,20 +217,20 @@ def test_sample_shapes_and_recon_frames() -> None:
         )
 
 
-def test_depth_in_the_model_frame(tmp_path: Path) -> None:
+def test_depth_in_the_model_frame(tmp_path: Path, spot_dir: Path) -> None:
     """Spot's world scaled by 2 (camera centres and depth unit): the model frame scales it back
     by 0.5, the depth with it, and the depth lifted through the target cameras lies on
     ``M (2 points)``."""
-    meta = json.loads((OBJECTS / "spot" / "transforms_train.json").read_text())
+    meta = json.loads((spot_dir / "transforms_train.json").read_text())
     for f in meta["frames"]:
         for key in ("file_path", "depth_file_path"):
-            f[key] = str(OBJECTS / "spot" / f[key])
+            f[key] = str(spot_dir / f[key])
         for row in f["transform_matrix"][:3]:
             row[3] *= 2
     meta["depth_unit_scale_factor"] *= 2
     (tmp_path / "big").mkdir()
     (tmp_path / "big" / "transforms.json").write_text(json.dumps(meta))
-    big, spot = D.find_objects([tmp_path / "big", OBJECTS / "spot"])
+    big, spot = D.find_objects([tmp_path / "big", spot_dir])
     counts = D.ViewCounts((3, 3), 3)
     s = D.TrainDataset([big], S, counts, occupancy=False, cache=False)[(0, 3, 7)]
     ref = D.TrainDataset([spot], S, counts, occupancy=False, cache=False)[(0, 3, 7)]
@@ -216,8 +252,8 @@ def test_depth_in_the_model_frame(tmp_path: Path) -> None:
     assert np.median(dist) < 0.003 and np.percentile(dist, 95) < 0.01, np.percentile(dist, [50, 95])
 
 
-def test_determinism_and_view_choice() -> None:
-    spot = _spot()
+def test_determinism_and_view_choice(spot_dir: Path, gobj: Path) -> None:
+    spot = _spot(spot_dir)
     counts = D.ViewCounts(inputs=(2, 7), targets=4)
     a = D.TrainDataset([spot], S, counts, seed=5, occupancy=False, cache=False)
     b = D.TrainDataset([spot], S, counts, seed=5, occupancy=False, cache=False)
@@ -238,7 +274,7 @@ def test_determinism_and_view_choice() -> None:
     with pytest.raises(ValueError, match="n_inputs 8 outside"):
         a[(0, 8, 0)]
     # the 6-view G-Objaverse fixture: 5 inputs + 4 targets repeat views, shapes hold
-    g = D.find_objects([GOBJ])
+    g = D.find_objects([gobj])
     ds = D.TrainDataset(g, S, D.ViewCounts((1, 5), 4), occupancy=False, cache=False)
     s = ds[(0, 5, 0)]
     assert len(set(s["input_views"].tolist())) == 5 and s["target_depth"].shape == (4, 1, S, S)
@@ -246,8 +282,8 @@ def test_determinism_and_view_choice() -> None:
     assert float(s["target_depth"].max()) > 1.0 and bool(s["has_depth"])
 
 
-def test_dataloader_batches(tmp_path: Path) -> None:
-    objs = D.find_objects([OBJECTS])
+def test_dataloader_batches(objects: Path) -> None:
+    objs = D.find_objects([objects])  # 512 px and 64 px views (both layouts) in one batch
     ds = D.TrainDataset(objs, S, D.ViewCounts((1, 3), 2), seed=1, occupancy=False, cache=False)
     sampler = D.StepSampler(len(ds), 3, ds.counts, seed=1, length=2)
     batches = list(torch.utils.data.DataLoader(ds, batch_sampler=sampler))
@@ -261,7 +297,7 @@ def test_dataloader_batches(tmp_path: Path) -> None:
 # -- occupancy ---------------------------------------------------------------------------------
 
 
-def test_occupancy_depth_vs_points_and_cache(tmp_path: Path) -> None:
+def test_occupancy_depth_vs_points_and_cache(tmp_path: Path, spot_dir: Path) -> None:
     G = 128
     solid_obj = D.find_objects([_copy_spot(tmp_path / "solid")])[0]
     depth_obj = D.find_objects([_copy_spot(tmp_path / "depth", points=False)])[0]
@@ -270,7 +306,7 @@ def test_occupancy_depth_vs_points_and_cache(tmp_path: Path) -> None:
     fused = D.object_occupancy(depth_obj, G)
     assert surf.source == "surface" and surf.solid is not None
     assert fused.source == "depth" and fused.solid is None
-    points = torch.from_numpy(np.load(OBJECTS / "spot" / "points.npy")).double()
+    points = torch.from_numpy(np.load(spot_dir / "points.npy")).double()
     shell = occupancy_grid(points, G)
     from_depth = occupancy_grid(torch.from_numpy(fused.points).double(), G)
     # measured 0.775 (21 views from 10-40 deg elevation; the underside is never seen)
@@ -324,8 +360,8 @@ def test_occupancy_read_only_folder_kept_in_memory(tmp_path: Path) -> None:
         obj.root.chmod(0o755)
 
 
-def test_occupancy_follows_the_model_frame() -> None:
-    spot = _spot()
+def test_occupancy_follows_the_model_frame(spot_dir: Path) -> None:
+    spot = _spot(spot_dir)
     ds = D.TrainDataset([spot], S, D.ViewCounts((1, 2), 1), grid_size=G, cache=False)
     one = ds[(0, 1, 4)]  # one input view: its own frame
     prep = prepare_views(spot.cameras.subset(one["input_views"]), S)
@@ -338,8 +374,9 @@ def test_occupancy_follows_the_model_frame() -> None:
     assert occupancy_iou(two["occupancy"], one["occupancy"]) < 0.9  # another frame
 
 
-def test_object_without_occupancy_source_refused(tmp_path: Path) -> None:
-    obj = D.find_objects([_frames_json(tmp_path / "o" / "transforms.json", _spot_frames(2))])[0]
+def test_object_without_occupancy_source_refused(tmp_path: Path, spot_dir: Path) -> None:
+    path = _frames_json(spot_dir, tmp_path / "o" / "transforms.json", _spot_frames(spot_dir, 2))
+    obj = D.find_objects([path])[0]
     with pytest.raises(InputError, match="no depth maps and no points.npy / mesh"):
         D.TrainDataset([obj], S)
     D.TrainDataset([obj], S, D.ViewCounts((1, 1), 1), occupancy=False)[(0, 1, 0)]
@@ -379,7 +416,7 @@ def test_step_sampler_pure_resumable_and_ddp() -> None:
     assert [next(it) for _ in range(3)] == batches[:3]
 
 
-def test_view_counts_checked() -> None:
+def test_view_counts_checked(gobj: Path) -> None:
     with pytest.raises(InputError, match="need 1 <= min <= max <= 32"):
         D.ViewCounts((0, 3))
     with pytest.raises(InputError, match="need 1 <= min <= max"):
@@ -387,4 +424,4 @@ def test_view_counts_checked() -> None:
     with pytest.raises(InputError, match="at least 1"):
         D.ViewCounts((1, 3), 0)
     with pytest.raises(InputError, match="multiple of 14"):
-        D.TrainDataset(D.find_objects([GOBJ]), 50, occupancy=False)
+        D.TrainDataset(D.find_objects([gobj]), 50, occupancy=False)
