@@ -23,8 +23,7 @@ from pipelines.train.occupancy import depth_points
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "gobjaverse_spot"
 SPOT = ROOT / "examples" / "spot"
-DEPTH = ROOT / "tests" / "fixtures" / "spot_depth"  # frames 0, 1, 20 of Spot
-SHARED_SPOT = Path("/work/shared/data/objects/spot")
+DEPTH = ROOT / "tests" / "fixtures" / "spot_depth"  # all 21 training frames of Spot
 #: fixture index -> Spot training frame (tests/fixtures/gobjaverse_spot/make_fixture.py)
 VIEWS = {0: 0, 6: 5, 12: 11, 18: 16, 24: 1, 25: 20}
 SCALE = 64 / 512
@@ -65,12 +64,10 @@ def test_renders_are_spots_views_downscaled() -> None:
         assert np.array_equal(np.asarray(got), np.asarray(want))
 
 
-def _png_depth(frame: int) -> np.ndarray | None:
-    for folder in (DEPTH, SHARED_SPOT / "train"):
-        p = folder / f"{frame:03d}_depth.png"
-        if p.is_file():
-            return np.asarray(Image.open(p), dtype=np.float64)[4::8, 4::8] * 1e-4
-    return None
+def _png_depth(frame: int) -> np.ndarray:
+    """Spot's depth PNG of ``frame`` at the fixture's sampled pixels, in world units."""
+    p = DEPTH / f"{frame:03d}_depth.png"
+    return np.asarray(Image.open(p), dtype=np.float64)[4::8, 4::8] * 1e-4
 
 
 def test_depth_matches_the_pngs() -> None:
@@ -78,11 +75,8 @@ def test_depth_matches_the_pngs() -> None:
     quantisation; the official near test and 3x3 dilation drop the background's border."""
     obj = gob.parse_gobjaverse(FIXTURE)
     dist = obj.camera_distances()
-    checked = 0
     for k, (path, frame) in enumerate(zip(obj.depth_paths, VIEWS.values(), strict=True)):
         want = _png_depth(frame)
-        if want is None:
-            continue  # frames 5, 11, 16: only in the shared data
         raw = gob.read_gobjaverse_depth(path, erode_px=0)
         assert raw.dtype == np.float32 and raw.shape == (64, 64)
         assert np.abs(raw - want).max() < 0.5e-4
@@ -91,8 +85,6 @@ def test_depth_matches_the_pngs() -> None:
         keep = ndimage.binary_erosion(want > 0, np.ones((3, 3), bool), border_value=1)
         assert np.array_equal(official > 0, keep)
         assert np.array_equal(official[keep], raw[keep])
-        checked += 1
-    assert checked >= 3
 
 
 def test_depth_lifts_onto_spots_surface() -> None:
