@@ -165,7 +165,7 @@ def test_sv3d_rig() -> None:
 
 
 def test_official_sv3d_offset_matches_spot_train_cameras(spot: Cameras) -> None:
-    # The shared renders use azimuth k*360/21, the official GeoLRM SV3D assignment.
+    # Spot's renders (examples/spot) use azimuth k*360/21, the official GeoLRM SV3D assignment.
     rig = sv3d_cameras(size=512, official_offset=True)
     assert torch.allclose(rig.c2w, spot.c2w, atol=1e-6)
     assert torch.allclose(rig.K, spot.K, rtol=1e-6)
