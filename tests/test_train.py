@@ -166,6 +166,47 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(spot: Path, tmp_path) ->
     assert worst == 0.0, worst
 
 
+def test_data_loader_workers_train_the_same_weights(spot: Path, tmp_path) -> None:
+    """Two data-loading worker processes feed exactly the batches of the main process: the
+    weights after 3 steps are bit-identical."""
+    runs = [
+        train([spot], tmp_path / f"w{w}", _config(max_steps=3, workers=w), TINY, progress=False)
+        for w in (0, 2)
+    ]
+    a, b = (load_file(r.weights) for r in runs)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
+
+
+def test_fine_tune_from_a_checkpoint_with_a_frozen_encoder(spot: Path, tmp_path) -> None:
+    """--init starts from the checkpoint's weights, in the attention mode they were trained
+    with; --freeze-encoder keeps DINOv2 exactly as loaded while the rest of the stage trains."""
+    ckpt = ROOT / "tests" / "fixtures" / "geolrm_tiny" / "geolrm_tiny_weights.safetensors"
+    cfg = _config(max_steps=2, init=str(ckpt), freeze_encoder=True)
+    assert cfg.attention_mode() == "official" and _config().attention_mode() == "standard"
+    result = train([spot], tmp_path / "run", cfg, model_config=TINY, progress=False)
+    start, end = load_file(ckpt), load_file(result.weights)
+    assert start.keys() == end.keys()
+    same = {k for k in end if torch.equal(start[k], end[k])}
+    dino = {k for k in end if k.startswith("lrm_generator.encoder.model.")}
+    assert dino and dino <= same, "the frozen encoder moved"
+    assert {k for k in end if k.startswith("serializer.")} <= same, "the other stage moved"
+    trained = {k for k in end if k.startswith("lrm_generator.transformer.")} - same
+    assert trained, "the reconstruction transformer did not train"
+    # the largest change is that of 2 small steps from the checkpoint, not a re-initialisation
+    worst = max(float((start[k] - end[k]).abs().max()) for k in trained)
+    assert 0 < worst < 0.05, worst
+
+
+def test_init_geolrm_without_downloaded_weights_is_one_line(spot: Path, tmp_path) -> None:
+    """--init geolrm reads the released weights through the registry; offline and not
+    downloaded, it names the download command (exit code 2, no traceback)."""
+    empty_cache = {"HF_HUB_CACHE": str(tmp_path / "hf")}
+    r = _cli(str(spot), "-o", str(tmp_path / "run"), "--init", "geolrm", env=empty_cache)
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "geolrm weights download geolrm" in lines[0], r.stderr
+
+
 def test_run_folder_in_use_needs_resume(spot: Path, tmp_path) -> None:
     train([spot], tmp_path / "run", _config(max_steps=1), model_config=TINY, progress=False)
     from pipelines.errors import InputError
@@ -174,8 +215,10 @@ def test_run_folder_in_use_needs_resume(spot: Path, tmp_path) -> None:
         train([spot], tmp_path / "run", _config(max_steps=1), model_config=TINY, progress=False)
 
 
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+def _cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "geolrm_cli.app", "train", *args],
         capture_output=True,

@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 from scipy.spatial import cKDTree
+from spot_support import copy_spot as _copy_spot
 
 from pipelines.cameras.images import load_views
 from pipelines.cameras.similarity import apply_similarity, decompose_similarity
@@ -34,29 +35,9 @@ from pipelines.train import data as D
 from pipelines.train.occupancy import occupancy_grid, occupancy_iou
 
 ROOT = Path(__file__).resolve().parents[1]
-SPOT = ROOT / "examples" / "spot"
-DEPTH = ROOT / "tests" / "fixtures" / "spot_depth"  # all 21 of SPOT's training depth maps
 GOBJ = ROOT / "tests" / "fixtures" / "gobjaverse_spot"
 S = 56
 G = 64
-
-
-def _copy_spot(dst: Path, points: bool = True) -> Path:
-    """Spot whole at ``dst``: ``examples/spot``'s cameras and views (train and test), the depth
-    PNGs its ``transforms_train.json`` names (from ``tests/fixtures/spot_depth``) and, with
-    ``points``, ``points.npy``. Writable copies, whatever the checkout's modes."""
-    dst.mkdir(parents=True)
-    for name in ("transforms_train.json", "transforms_test.json"):
-        shutil.copy(SPOT / name, dst)
-    for split in ("train", "test"):
-        shutil.copytree(SPOT / split, dst / split)
-    for p in sorted(DEPTH.glob("*_depth.png")):
-        shutil.copy(p, dst / "train")
-    if points:
-        shutil.copy(SPOT / "points.npy", dst)
-    for p in [dst, *dst.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    return dst
 
 
 @pytest.fixture(scope="module")

@@ -171,6 +171,8 @@ class _TrainData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         cfg = self.config
+        if cfg.workers > 0:
+            self.train_set.prepare()  # occupancy computed once here; the workers inherit it
         sampler = StepSampler(
             len(self.train_set),
             cfg.batch_size,
