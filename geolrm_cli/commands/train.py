@@ -122,7 +122,9 @@ def train(
     val: list[Path] | None = typer.Option(
         None,
         "--val",
-        help="Objects to validate on (default: the training objects' held-out views).",
+        help="Objects to validate on (default: the training objects). Inputs are views of "
+        "each object's training split, targets views of its transforms_test.json (never "
+        "trained on); objects without one (G-Objaverse) use other training-split views.",
     ),
     val_every: int = typer.Option(
         _DEFAULTS.val_every, "--val-every", min=0, help="Steps between validations (0: none)."

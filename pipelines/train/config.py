@@ -74,8 +74,12 @@ class TrainConfig:
         anchors: see :data:`ANCHOR_SOURCES`.
         max_anchors: anchors per object while training (official 4096).
         checkpoint_every: steps between checkpoints (and exports of the weights).
-        val_every: steps between validations; 0 = never.
-        val_objects: objects validated (the first ones of the validation set).
+        val_every: steps between validations; 0 = never. A validation renders one fixed
+            sample per object: input views from its training split, target views from its
+            held-out split (``transforms_test.json``) where it has one, else other views of
+            its training split (:mod:`pipelines.train.engine`).
+        val_objects: objects validated (the first ones of the validation set: ``--val``'s
+            objects, else the training objects).
         log_every: steps between logged rows.
         workers: data-loading processes per device.
         lpips: use the LPIPS term when its weights are on disk.

@@ -10,18 +10,23 @@ An *object* is a folder in one of two layouts (:func:`find_objects`):
   (:mod:`pipelines.cameras.dataparsers.gobjaverse`), depth in ``_nd.exr``.
 
 A sample (:class:`TrainDataset`, keyed by :data:`SampleKey`) draws ``n_inputs`` input views and
-``counts.targets`` other views. Frames: the input cameras go through
+``counts.targets`` other views of the training split. Validation samples (``targets="held_out"``)
+draw their targets from the object's held-out split instead (:attr:`TrainObject.held_out`: the
+views of ``transforms_test.json`` beside the training file, which training never reads), their
+inputs still from the training split; objects without one (G-Objaverse, whose views all train:
+hold out whole objects there; a transforms object without ``transforms_test.json``) keep the
+training split's other views as targets. Frames: the input cameras go through
 :func:`pipelines.scene.to_model_frame` exactly as ``geolrm recon`` does, so the network sees the
 frames it sees at inference; the target cameras, the depth (times the similarity's scale) and
-the occupancy points follow the same ``M``. Images: inputs are composited on white, padded
-square and resized bicubic (:func:`pipelines.cameras.images.load_views`, bit for bit recon's
-input); targets keep straight colour and alpha (from the same read: the white composite less
-``1 - alpha`` is the resized premultiplied colour, resizing being linear, divided by alpha; so
-that compositing them on any background is resizing the composite, up to the clamps of bicubic
-ringing at the silhouette); depth is padded with 0 and
-resized by nearest neighbour ("do not resize depth with bilinear", the official loader), sampled
-at the pixel centres (``nearest-exact``; OpenCV's ``INTER_NEAREST``, which the official uses,
-samples half a pixel off).
+the occupancy points follow the same ``M`` (the held-out split shares the files' world frame).
+Images: inputs are composited on white, padded square and resized bicubic
+(:func:`pipelines.cameras.images.load_views`, bit for bit recon's input); targets keep straight
+colour and alpha (from the same read: the white composite less ``1 - alpha`` is the resized
+premultiplied colour, resizing being linear, divided by alpha; so that compositing them on any
+background is resizing the composite, up to the clamps of bicubic ringing at the silhouette);
+depth is padded with 0 and resized by nearest neighbour ("do not resize depth with bilinear",
+the official loader), sampled at the pixel centres (``nearest-exact``; OpenCV's
+``INTER_NEAREST``, which the official uses, samples half a pixel off).
 
 Randomness: a sample is a pure function of ``(seed, sample_id)`` and the object (its own
 ``torch.Generator``), so it does not depend on the worker or the order; :class:`StepSampler`
@@ -38,6 +43,7 @@ the parameters; each sample bins it in its own model frame.
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import json
@@ -72,6 +78,7 @@ __all__ = [
     "CACHE_DIR",
     "DEPTH_UNIT_DEFAULT",
     "SURFACE_POINTS",
+    "TARGET_SPLITS",
     "VIEW_CACHE_BYTES",
     "OccupancySource",
     "SampleKey",
@@ -79,6 +86,7 @@ __all__ = [
     "TrainDataset",
     "TrainObject",
     "ViewCounts",
+    "ViewSplit",
     "find_objects",
     "object_occupancy",
 ]
@@ -107,6 +115,8 @@ GRID_MEMO = 256
 _CACHE_VERSION = 2
 # independent random streams (a tag each) under one user seed
 _SAMPLE, _N_INPUTS, _EPOCH = 0, 1, 2
+#: Where a sample's targets come from (:class:`TrainDataset`'s ``targets``).
+TARGET_SPLITS = ("train", "held_out")
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,23 @@ class ViewCounts:
             raise InputError(f"target views {self.targets}: need at least 1; e.g. --views-out 4")
 
 
+@dataclass(frozen=True)
+class ViewSplit:
+    """One split of an object's views (what loading a view needs).
+
+    Attributes:
+        cameras: the views, in the world frame of the files, ``image_paths`` set.
+        depth_paths: per view, a 16-bit depth PNG (``depth_scale``) or a G-Objaverse
+            ``_nd.exr``; None without depth.
+        depth_scale: metres per PNG unit (the transforms' ``depth_unit_scale_factor``); None for
+            EXR depth (already metres) or without depth.
+    """
+
+    cameras: Cameras
+    depth_paths: list[Path] | None
+    depth_scale: float | None
+
+
 @dataclass
 class TrainObject:
     """One usable object (found by :func:`find_objects`).
@@ -139,13 +166,18 @@ class TrainObject:
     Attributes:
         name: the folder's name (made unique with ``-2``, ``-3``, ... among the objects found).
         root: the object's folder.
-        cameras: all views of the split, in the world frame of the files, ``image_paths`` set.
+        cameras: all views of the split read (the training split unless ``find_objects`` was
+            asked for ``"test"``), in the world frame of the files, ``image_paths`` set.
         depth_paths: per view, a 16-bit depth PNG (``depth_scale``) or a G-Objaverse
             ``_nd.exr``; None without depth.
         depth_scale: metres per PNG unit (the transforms' ``depth_unit_scale_factor``); None for
             EXR depth (already metres) or without depth.
         surface: ``points.npy`` or a mesh file for the solid occupancy; None without.
         layout: ``"transforms"`` or ``"gobjaverse"``.
+        held_out: the views held out of training (``transforms_test.json`` beside the training
+            file; its depth when every frame names an existing file, else None), the targets of
+            validation samples; None without (G-Objaverse, no ``transforms_test.json``, or the
+            object was read as its test split).
     """
 
     name: str
@@ -155,6 +187,16 @@ class TrainObject:
     depth_scale: float | None
     surface: Path | None
     layout: str
+    held_out: ViewSplit | None = None
+
+    def split(self, which: str) -> ViewSplit:
+        """The views of ``"train"`` (the split read: :attr:`cameras` and its depth) or
+        ``"held_out"`` (:attr:`held_out`, which must exist)."""
+        if which == "train":
+            return ViewSplit(self.cameras, self.depth_paths, self.depth_scale)
+        if which == "held_out" and self.held_out is not None:
+            return self.held_out
+        raise ValueError(f"{self.name} has no {which!r} split")
 
 
 # -- finding objects ---------------------------------------------------------------------------
@@ -228,8 +270,31 @@ def _transforms_depth(path: Path) -> tuple[list[Path] | None, float | None]:
     return paths, float(scale)
 
 
-def _read_object(root: Path, split: str) -> TrainObject:
-    """One object folder -> :class:`TrainObject` (InputError: why it is unusable)."""
+def _read_held_out(root: Path, skip: Callable[[Path, str], None]) -> ViewSplit | None:
+    """The views of ``root/transforms_test.json`` (None without the file). A held-out split
+    that cannot be used is reported (``skip``) and dropped: the object still trains and is
+    validated on its training split; depth that cannot be used is reported and dropped: its
+    views are validated without the depth term."""
+    path = _transforms_file(root, "test")
+    if path is None:
+        return None
+    try:
+        cams = parse_transforms(path).cameras
+        _check_images(cams)
+    except InputError as e:
+        skip(path, f"held-out views unused, validation targets are training views ({e})")
+        return None
+    try:
+        depth, scale = _transforms_depth(path)
+    except InputError as e:
+        skip(path, f"held-out depth unused, those views are validated without it ({e})")
+        depth, scale = None, None
+    return ViewSplit(cams, depth, scale)
+
+
+def _read_object(root: Path, split: str, skip: Callable[[Path, str], None]) -> TrainObject:
+    """One object folder -> :class:`TrainObject` (InputError: why it is unusable); with
+    ``split="train"`` its held-out split too (:func:`_read_held_out`)."""
     if is_gobjaverse_object(root):
         g = parse_gobjaverse(root)
         depth = None if g.depth_paths is None else list(g.depth_paths)
@@ -245,7 +310,8 @@ def _read_object(root: Path, split: str) -> TrainObject:
     cams = parse_transforms(path).cameras
     _check_images(cams)
     depth, scale = _transforms_depth(path)
-    return TrainObject(root.name, root, cams, depth, scale, _surface(root), "transforms")
+    held_out = _read_held_out(root, skip) if split == "train" else None
+    return TrainObject(root.name, root, cams, depth, scale, _surface(root), "transforms", held_out)
 
 
 def _default_skip(path: Path, reason: str) -> None:
@@ -262,11 +328,13 @@ def find_objects(
     Args:
         paths: object folders, folders of object folders (hidden ones ignored), or an object's
             transforms JSON.
-        split: ``"train"`` reads ``transforms_train.json`` (else ``transforms.json``),
-            ``"test"`` ``transforms_test.json``; a G-Objaverse object gives all its views to
-            both (hold out whole objects there).
+        split: ``"train"`` reads ``transforms_train.json`` (else ``transforms.json``) and, as
+            :attr:`TrainObject.held_out`, ``transforms_test.json`` when present; ``"test"``
+            reads ``transforms_test.json`` (no held-out split); a G-Objaverse object gives all
+            its views to both (hold out whole objects there).
         on_skip: called ``(path, one-line reason)`` for each unusable object or empty folder
-            (no cameras, images not matching them, views without alpha, unreadable files);
+            (no cameras, images not matching them, views without alpha, unreadable files), and
+            for a held-out split or its depth that cannot be used (dropped, the object kept);
             default: a :class:`~pipelines.errors.Note`.
 
     Raises:
@@ -292,7 +360,7 @@ def find_objects(
             skip(p, "empty folder, no objects in it")
         for root in roots:
             try:
-                objects.append(_read_object(root, split))
+                objects.append(_read_object(root, split, skip))
             except InputError as e:
                 skip(root, str(e))
     if not objects:
@@ -313,12 +381,12 @@ def find_objects(
 # -- depth -------------------------------------------------------------------------------------
 
 
-def _read_depth(obj: TrainObject, view: int, erode_px: int) -> np.ndarray:
+def _read_depth(views: ViewSplit, view: int, erode_px: int) -> np.ndarray:
     """``[H, W]`` float32 camera z in the object's world units (0 = none) of one view."""
-    assert obj.depth_paths is not None
-    path = obj.depth_paths[view]
-    if obj.depth_scale is None:  # G-Objaverse: the official near test and edge erosion
-        dist = float(obj.cameras.c2w[view, :3, 3].double().norm())
+    assert views.depth_paths is not None
+    path = views.depth_paths[view]
+    if views.depth_scale is None:  # G-Objaverse: the official near test and edge erosion
+        dist = float(views.cameras.c2w[view, :3, 3].double().norm())
         return read_gobjaverse_depth(path, dist, erode_px=erode_px)
     try:
         with Image.open(path) as im:
@@ -327,7 +395,7 @@ def _read_depth(obj: TrainObject, view: int, erode_px: int) -> np.ndarray:
         raise path_error(path, f"cannot read depth ({e})", "replace the file") from None
     if raw.ndim != 2:
         raise path_error(path, f"depth has {raw.shape[-1]} channels, not 1", "write 16-bit gray")
-    return (raw.astype(np.float64) * obj.depth_scale).astype(np.float32)
+    return (raw.astype(np.float64) * views.depth_scale).astype(np.float32)
 
 
 def _resize_depth(depth: np.ndarray, size: int) -> torch.Tensor:
@@ -446,12 +514,13 @@ def _compute_occupancy(obj: TrainObject, source: str, grid: int) -> OccupancySou
         pts = _surface_points(obj.surface).astype(np.float32)
         solid = SolidGrid.from_surface(torch.from_numpy(pts).double())
         return _with_grid(pts, solid, source, grid)
-    cams = obj.cameras
+    views = obj.split("train")
+    cams = views.cameras
     parts = []
     for v in range(len(cams)):
         # PNG depth: the official 3x3 edge erosion in depth_points; EXR: in its reader
-        exr = obj.depth_scale is None
-        d = torch.from_numpy(_read_depth(obj, v, erode_px=EDGE_ERODE_PX if exr else 0))
+        exr = views.depth_scale is None
+        d = torch.from_numpy(_read_depth(views, v, erode_px=EDGE_ERODE_PX if exr else 0))
         h, w = d.shape
         K = cams.resized(w, h).K[v : v + 1]  # depth maps may be stored at another size
         erode = 0 if exr else EDGE_ERODE_PX
@@ -554,6 +623,22 @@ class _View:
         return sum(t.numel() * t.element_size() for t in ts)
 
 
+class _Memo:
+    """A dataset's per-process memos (shared with its :meth:`TrainDataset.with_targets`
+    copies): decoded views keyed ``(object_index, split, view)``, occupancy sources, grids."""
+
+    def __init__(self) -> None:
+        self.views: OrderedDict[tuple[int, str, int], _View] = OrderedDict()
+        self.view_bytes = 0
+        self.occ: dict[int, OccupancySource] = {}
+        self.grids: OrderedDict[tuple[int, bytes], np.ndarray] = OrderedDict()
+
+
+def _take(perm: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` of ``perm``, cycled when it is shorter."""
+    return perm.repeat(math.ceil(n / len(perm)))[:n]
+
+
 class TrainDataset(torch.utils.data.Dataset):
     """Training samples of objects, keyed ``(object_index, n_inputs, sample_id)``.
 
@@ -567,6 +652,10 @@ class TrainDataset(torch.utils.data.Dataset):
         occupancy: add the ``occupancy`` grid (objects without depth and surface then refused).
         cache: cache each object's occupancy beside it (:func:`object_occupancy`).
         view_cache_bytes: decoded views kept in memory per process (LRU; 0 = none).
+        targets: ``"train"``: targets are other views of the training split (training);
+            ``"held_out"``: targets are views of the object's held-out split
+            (:attr:`TrainObject.held_out`) where it has one, else as ``"train"``
+            (validation).
 
     A sample (no batch dimension; ``Vi = n_inputs``, ``Vt = counts.targets``)::
 
@@ -577,14 +666,17 @@ class TrainDataset(torch.utils.data.Dataset):
         target_alpha  [Vt, 1, S, S] in [0, 1]
         target_depth  [Vt, 1, S, S] camera z in model units, 0 off the object / without depth
         target_c2ws   [Vt, 4, 4], target_Ks [Vt, 3, 3]
-        has_depth     [] bool
+        has_depth     [] bool (the targets' split has depth)
         occupancy     [G, G, G] bool in the model frame (only with ``occupancy``)
         background    [3] float32 random colour (the module composites targets on it)
         object_index, sample_id  [] int64
         input_views, target_views  [Vi], [Vt] int64 view indices into the object's cameras
+            (``target_views``: into its held-out cameras when :meth:`target_split` says so)
 
     Views: ``Vi`` distinct inputs, then ``Vt`` targets from the other views; an object with
-    fewer than ``Vi + Vt`` views repeats views (targets then may be inputs).
+    fewer than ``Vi + Vt`` views repeats views (targets then may be inputs). With held-out
+    targets: ``Vi`` distinct training views and ``Vt`` distinct held-out views (each split
+    repeated when it has fewer).
     """
 
     def __init__(
@@ -597,10 +689,13 @@ class TrainDataset(torch.utils.data.Dataset):
         occupancy: bool = True,
         cache: bool = True,
         view_cache_bytes: int = VIEW_CACHE_BYTES,
+        targets: str = "train",
     ) -> None:
         check_size(size)
         if not objects:
             raise InputError("no training objects; give at least one object folder")
+        if targets not in TARGET_SPLITS:
+            raise ValueError(f"targets {targets!r}: use one of {TARGET_SPLITS}")
         self.objects = list(objects)
         self.size = int(size)
         self.counts = counts
@@ -609,16 +704,28 @@ class TrainDataset(torch.utils.data.Dataset):
         self.occupancy = occupancy
         self.cache = cache
         self.view_cache_bytes = int(view_cache_bytes)
-        self._views: OrderedDict[tuple[int, int], _View] = OrderedDict()
-        self._view_bytes = 0
-        self._occ: dict[int, OccupancySource] = {}
-        self._grids: OrderedDict[tuple[int, bytes], np.ndarray] = OrderedDict()
+        self.targets = targets
+        self._memo = _Memo()
         if occupancy:
             for obj in self.objects:
                 _cache_inputs(obj)  # refuse an object without any occupancy source up front
 
     def __len__(self) -> int:
         return len(self.objects)
+
+    def with_targets(self, targets: str) -> TrainDataset:
+        """The same objects, settings and memos (views, occupancy) with targets from
+        ``targets`` (see the class): e.g. the validation set of the training objects."""
+        if targets not in TARGET_SPLITS:
+            raise ValueError(f"targets {targets!r}: use one of {TARGET_SPLITS}")
+        other = copy.copy(self)
+        other.targets = targets
+        return other
+
+    def target_split(self, index: int) -> str:
+        """The split object ``index``'s targets come from: ``"held_out"`` or ``"train"``."""
+        held = self.targets == "held_out" and self.objects[index].held_out is not None
+        return "held_out" if held else "train"
 
     def prepare(self) -> None:
         """Compute (or load) every object's occupancy now, e.g. in the main process before the
@@ -630,45 +737,47 @@ class TrainDataset(torch.utils.data.Dataset):
     # -- caches ---------------------------------------------------------------------------------
 
     def _occupancy_source(self, index: int) -> OccupancySource:
-        if index not in self._occ:
-            self._occ[index] = object_occupancy(self.objects[index], self.grid_size, self.cache)
-        return self._occ[index]
+        occ = self._memo.occ
+        if index not in occ:
+            occ[index] = object_occupancy(self.objects[index], self.grid_size, self.cache)
+        return occ[index]
 
     def _grid(self, index: int, m: torch.Tensor) -> torch.Tensor:
         src = self._occupancy_source(index)
         G = self.grid_size
         if is_identity(m):
             return src.occupancy(G).bool()
+        grids = self._memo.grids
         key = (index, m.numpy().tobytes())
-        packed = self._grids.get(key)
+        packed = grids.get(key)
         if packed is None:
             packed = np.packbits(src.occupancy(G, m).numpy())
-            self._grids[key] = packed
-            if len(self._grids) > GRID_MEMO:
-                self._grids.popitem(last=False)
+            grids[key] = packed
+            if len(grids) > GRID_MEMO:
+                grids.popitem(last=False)
         else:
-            self._grids.move_to_end(key)
+            grids.move_to_end(key)
         bits = np.unpackbits(packed, count=G**3).reshape(G, G, G)
         return torch.from_numpy(bits.astype(bool))
 
-    def _view(self, index: int, v: int) -> _View:
-        key = (index, v)
-        hit = self._views.get(key)
+    def _view(self, index: int, split: str, v: int) -> _View:
+        memo = self._memo
+        key = (index, split, v)
+        hit = memo.views.get(key)
         if hit is not None:
-            self._views.move_to_end(key)
+            memo.views.move_to_end(key)
             return hit
-        view = self._load_view(index, v)
+        view = self._load_view(self.objects[index].split(split), v)
         if self.view_cache_bytes > 0:
-            self._views[key] = view
-            self._view_bytes += view.nbytes
-            while self._view_bytes > self.view_cache_bytes and self._views:
-                _, old = self._views.popitem(last=False)
-                self._view_bytes -= old.nbytes
+            memo.views[key] = view
+            memo.view_bytes += view.nbytes
+            while memo.view_bytes > self.view_cache_bytes and memo.views:
+                _, old = memo.views.popitem(last=False)
+                memo.view_bytes -= old.nbytes
         return view
 
-    def _load_view(self, index: int, v: int) -> _View:
-        obj = self.objects[index]
-        one = obj.cameras.subset([v])
+    def _load_view(self, views: ViewSplit, v: int) -> _View:
+        one = views.cameras.subset([v])
         S = self.size
         white, alpha, used = load_views_and_masks(one, S, WHITE)
         assert alpha is not None  # find_objects checked every view's alpha
@@ -677,27 +786,33 @@ class TrainDataset(torch.utils.data.Dataset):
         premult = white[0] - (1.0 - a)
         rgb = torch.where(a > 0, premult / a.clamp_min(1e-12), 0.0).clamp(0.0, 1.0)
         depth = None
-        if obj.depth_paths is not None:
-            depth = _resize_depth(_read_depth(obj, v, erode_px=EDGE_ERODE_PX), S)
+        if views.depth_paths is not None:
+            depth = _resize_depth(_read_depth(views, v, erode_px=EDGE_ERODE_PX), S)
         return _View(white[0], rgb, a, depth, used.K[0])
 
     # -- a sample ------------------------------------------------------------------------------
 
     def views(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(inputs [n_inputs], targets [counts.targets])``: the view indices (into the
-        object's cameras) of sample ``key``, without loading anything."""
+        """``(inputs [n_inputs], targets [counts.targets])``: the view indices of sample
+        ``key`` (inputs into the object's cameras, targets into those of
+        :meth:`target_split`), without loading anything."""
         index, n_inputs, sample_id = (int(k) for k in key)
         return self._choose(index, n_inputs, _generator(self.seed, _SAMPLE, sample_id))
 
     def _choose(
         self, index: int, n_inputs: int, g: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        V = len(self.objects[index].cameras)
+        obj = self.objects[index]
+        V = len(obj.cameras)
         Vt = self.counts.targets
         perm = torch.randperm(V, generator=g)
+        if self.target_split(index) == "held_out":
+            assert obj.held_out is not None
+            held = torch.randperm(len(obj.held_out.cameras), generator=g)
+            return _take(perm, n_inputs), _take(held, Vt)
         if V >= n_inputs + Vt:
             return perm[:n_inputs], perm[n_inputs : n_inputs + Vt]
-        cycled = perm.repeat(math.ceil((n_inputs + Vt) / V))
+        cycled = _take(perm, n_inputs + Vt)
         return cycled[:n_inputs], torch.cat([perm[n_inputs:], cycled])[:Vt]
 
     def __getitem__(self, key: SampleKey) -> dict[str, torch.Tensor]:
@@ -710,14 +825,16 @@ class TrainDataset(torch.utils.data.Dataset):
         inputs, targets = self._choose(index, n_inputs, g)
         background = torch.rand(3, generator=g)
         S = self.size
-        vin = [self._view(index, int(v)) for v in inputs]
-        vout = [self._view(index, int(v)) for v in targets]
+        split = self.target_split(index)
+        out_views = obj.split(split)
+        vin = [self._view(index, "train", int(v)) for v in inputs]
+        vout = [self._view(index, split, int(v)) for v in targets]
         cams_in = Cameras(obj.cameras.c2w[inputs], torch.stack([x.K for x in vin]), S, S)
         model_in, m = to_model_frame(cams_in)
-        cams_out = Cameras(obj.cameras.c2w[targets], torch.stack([x.K for x in vout]), S, S)
+        cams_out = Cameras(out_views.cameras.c2w[targets], torch.stack([x.K for x in vout]), S, S)
         model_out = cams_out.clone() if is_identity(m) else cams_out.transformed(m)
         scale = 1.0 if is_identity(m) else decompose_similarity(m)[0]
-        has_depth = obj.depth_paths is not None
+        has_depth = out_views.depth_paths is not None
         zeros = torch.zeros(1, S, S)
         depth = torch.stack([x.depth if x.depth is not None else zeros for x in vout])
         if has_depth and scale != 1.0:

@@ -21,7 +21,17 @@ Engine: PyTorch Lightning (as the official): one device, or DDP over ``devices``
 ``num_nodes`` (torchrun and SLURM environments are detected by Lightning), the config's
 precision, gradient accumulation and clipping, a checkpoint every ``checkpoint_every`` steps
 written atomically (a crash or Ctrl-C leaves the last complete one), TensorBoard and CSV logs,
-a rich progress bar, validation every ``val_every`` steps on held-out views.
+a rich progress bar, validation every ``val_every`` steps.
+
+Validation: the first ``val_objects`` objects of the validation set (``val``'s objects, else
+the training objects), one fixed sample each (4 input views when ``views_in`` allows, else the
+nearest bound; ``views_out`` targets), rendered on white and logged as ``val/loss`` and
+``val/psnr`` (the proposal stage: ``val/iou``). The inputs are views of the object's training
+split; the targets are views of its held-out split (``transforms_test.json`` beside the
+training file: views the run never trains on) where it has one, else other views of its
+training split (G-Objaverse objects, a lone ``transforms.json``: for the training objects those
+are trained on; a note says which objects). The held-out views' depth is used when their
+frames name depth files, else the depth term is off for them.
 
 Resuming is exact: the data order is a pure function of (seed, micro-batch index)
 (:class:`~pipelines.train.data.StepSampler`), so the resumed run reads from the checkpoint's step
@@ -237,6 +247,21 @@ def _stage_anchors(config: TrainConfig, stage: str, trained_proposal: bool) -> s
     return "proposal" if trained_proposal else "occupancy"
 
 
+def _note_validation(
+    val_set: TrainDataset, n: int, trained_on: bool, note: Callable[[str], None]
+) -> None:
+    """One note naming the validated objects whose targets are not held-out views."""
+    names = [o.name for o in val_set.objects[:n] if o.held_out is None]
+    if not names:
+        return
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    seen = ", which the run trains on" if trained_on else ""
+    note(
+        f"validation: {listed} {'has' if len(names) == 1 else 'have'} no held-out views "
+        f"(transforms_test.json); the targets are other views of the training split{seen}"
+    )
+
+
 def _trainer(
     config: TrainConfig,
     run: Path,
@@ -311,7 +336,9 @@ def train(
         config: the settings (default :class:`TrainConfig`).
         model_config: the architecture (dict or JSON file, as ``recon --config``); None = the
             released one (or the one of ``config.init``).
-        val: objects validated on (their held-out views); None = the training objects'.
+        val: objects validated on (inputs from their training split, targets from their
+            held-out split where they have one: see the module docstring); None = the
+            training objects, the same way.
         resume: continue the run in ``run_dir`` from its last checkpoint.
         on_note: called with one line for each skipped object and each degraded setting.
         callbacks: extra Lightning callbacks (tests, tools).
@@ -354,11 +381,15 @@ def train(
     counts = ViewCounts(tuple(cfg.views_in), cfg.views_out)
     G = model.config.serializer.grid_size
     train_set = TrainDataset(objects, cfg.size, counts, seed=cfg.seed, grid_size=G)
-    # without --val: the training objects' held-out views, from the same dataset (and caches)
-    val_set = train_set
+    # without --val: the training objects, sharing the training dataset's caches
+    val_set = train_set.with_targets("held_out")
     if val:
         val_objects = find_objects(val, on_skip=skip)
-        val_set = TrainDataset(val_objects, cfg.size, counts, seed=cfg.seed, grid_size=G)
+        val_set = TrainDataset(
+            val_objects, cfg.size, counts, seed=cfg.seed, grid_size=G, targets="held_out"
+        )
+    if cfg.val_every > 0:
+        _note_validation(val_set, cfg.val_objects, trained_on=not val, note=note)
     lpips = _lpips(cfg, note)
 
     # 3. the stages, each a Lightning fit (resumed from its last checkpoint)
