@@ -4,6 +4,7 @@ batch, and bad input is one line with exit code 2 (tiny config, the example Spot
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -129,6 +130,11 @@ def test_export_reloads_strictly_and_reproduces_the_trained_model(spot: Path, tm
     assert not any(k.startswith("serializer.") for k in changed), "the proposal stage is frozen"
 
 
+def _csv_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return [{k: int(v) if k == "step" else v for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 class _Interrupt(Callback):
     """Sends this process a real SIGINT (Ctrl-C) after optimiser step ``at``."""
 
@@ -164,6 +170,14 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(spot: Path, tmp_path) ->
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst == 0.0, worst
+    # the resumed run continues the interrupted run's metrics.csv: every step logged once, with
+    # the uninterrupted run's values
+    logs = [
+        _csv_rows(r.run_dir / "logs" / "reconstruction" / "metrics.csv")
+        for r in (straight, resumed)
+    ]
+    assert [row["step"] for row in logs[1]] == [row["step"] for row in logs[0]] == list(range(5))
+    assert [row["train/loss"] for row in logs[1]] == [row["train/loss"] for row in logs[0]]
 
 
 def test_data_loader_workers_train_the_same_weights(spot: Path, tmp_path) -> None:

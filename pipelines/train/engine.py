@@ -40,6 +40,8 @@ on, and Lightning restores the weights, the optimiser and the schedule.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -55,6 +57,8 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from safetensors.torch import save_file
@@ -134,6 +138,56 @@ class _Export(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             export_weights(self.model, self.run_dir)
+
+
+class _ContinuedCSV(ExperimentWriter):
+    """``metrics.csv`` continued by a resumed run: Lightning's writer deletes an existing file;
+    this one keeps its rows of the steps before ``start`` (later ones are logged again)."""
+
+    def __init__(self, log_dir: str, start: int) -> None:
+        self._start = start
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [row for row in reader if int(row["step"]) < self._start]
+            self.metrics_keys = list(reader.fieldnames or [])
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(path, text.getvalue())
+
+
+class _CSVLogger(CSVLogger):
+    """Lightning's CSV logger, writing through :class:`_ContinuedCSV`."""
+
+    def __init__(self, *args: Any, start: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._start = start
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuedCSV(self.log_dir, self._start)
+        return self._experiment
+
+
+class _StageBar(RichProgressBar):
+    """Lightning's rich bar, described by the stage (training runs by steps, not epochs)."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(leave=True)
+        self.stage = stage
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"{self.stage:{len(self.validation_description)}}"
 
 
 class _StopOnInterrupt(Callback):
@@ -270,6 +324,7 @@ def _trainer(
     has_val: bool,
     callbacks: Sequence[Callback],
     progress: bool,
+    start: int = 0,
 ) -> L.Trainer:
     ckpt = ModelCheckpoint(
         dirpath=run / "checkpoints" / stage,
@@ -281,7 +336,7 @@ def _trainer(
         mode="max",
         save_last=True,
     )
-    bars = [RichProgressBar(leave=True)] if progress else []
+    bars = [_StageBar(stage)] if progress else []
     world = config.devices * config.num_nodes
     val_every = config.val_every if has_val and config.val_every > 0 else None
     try:
@@ -300,7 +355,7 @@ def _trainer(
             callbacks=[ckpt, _Export(model, run, config.checkpoint_every), *bars, *callbacks],
             logger=[
                 TensorBoardLogger(run / "logs", name=stage, version=""),
-                CSVLogger(run / "logs", name=stage, version=""),
+                _CSVLogger(run / "logs", name=stage, version="", start=start),
             ],
             plugins=[AtomicCheckpointIO()],
             log_every_n_steps=config.log_every,
@@ -411,10 +466,16 @@ def train(
         module = GeoLRMTraining(model, cfg, stage, lpips=lpips, anchors=anchors)
         datamodule = _TrainData(train_set, val_set, cfg, counts, start * cfg.accumulate)
         stop = _StopOnInterrupt()
-        trainer = _trainer(cfg, run, stage, model, cfg.val_every > 0, [stop, *callbacks], progress)
+        extra = [stop, *callbacks]
+        trainer = _trainer(cfg, run, stage, model, cfg.val_every > 0, extra, progress, start)
         with stop, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*ended before the epoch ended.*")
+            # BatchNorm stays in eval mode on purpose (running statistics, see the module)
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            # a resumed run's own checkpoint folder; Lightning's internal deprecation
+            warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* not empty.*")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         trainer.save_checkpoint(last)  # the step it stopped at: a complete checkpoint
         if stop.requested:
