@@ -75,7 +75,7 @@ def run_stage(args: argparse.Namespace) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="geolrm-bench-train-"))
     try:
-        from spot_support import copy_spot  # examples/spot + its depth maps (tests/fixtures)
+        from train_support import copy_spot  # examples/spot + its depth maps (tests/fixtures)
 
         data = copy_spot(work / "spot")
         cfg = TrainConfig(

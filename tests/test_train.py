@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 from torch.utils.data import default_collate
+from train_support import small_config
 
 from pipelines.geolrm import GeoLRM
 from pipelines.reconstruct import load_model
@@ -49,22 +50,6 @@ def spot(tmp_path_factory) -> Path:
     return dst
 
 
-def _config(**changes) -> TrainConfig:
-    base = dict(
-        max_steps=4,
-        size=SIZE,
-        views_in=(1, 3),
-        views_out=2,
-        checkpoint_every=2,
-        val_every=0,
-        log_every=1,
-        lpips=False,
-        max_anchors=1024,
-    )
-    base.update(changes)
-    return TrainConfig(**base)
-
-
 def _batch(spot: Path, stage_cfg: TrainConfig, i: int = 0) -> dict:
     objects = find_objects([spot])
     counts = ViewCounts(tuple(stage_cfg.views_in), stage_cfg.views_out)
@@ -85,7 +70,7 @@ def test_cosine_schedule_matches_the_official_formula() -> None:
 @pytest.mark.parametrize("stage", ["proposal", "reconstruction"])
 def test_a_few_steps_lower_the_loss(spot: Path, stage: str) -> None:
     """Adam on one fixed batch of Spot: the stage's loss falls (both stages, real renders)."""
-    cfg = _config(stage=stage)
+    cfg = small_config(stage=stage)
     batch = _batch(spot, cfg)
     torch.manual_seed(0)
     model = GeoLRM.from_config(TINY).train()
@@ -110,12 +95,12 @@ def test_export_reloads_strictly_and_reproduces_the_trained_model(spot: Path, tm
     """A few real steps, exported: `recon`'s loader reads the run folder strictly and the
     reloaded model's Gaussians equal the trained module's."""
     result = train(
-        [spot], tmp_path / "run", _config(max_steps=2), model_config=TINY, progress=False
+        [spot], tmp_path / "run", small_config(max_steps=2), model_config=TINY, progress=False
     )
     assert result.steps == {"reconstruction": 2}
     trained = load_file(result.weights)
     reloaded = load_model(result.weights, result.config)  # what geolrm recon --checkpoint does
-    batch = _batch(spot, _config(), i=3)
+    batch = _batch(spot, small_config(), i=3)
     args = (batch["input_images"], batch["input_c2ws"], batch["input_Ks"])
     ref = GeoLRM.from_config(json.loads(result.config.read_text()))
     ref.load_state_dict({k: v for k, v in trained.items()}, strict=True)
@@ -149,7 +134,7 @@ class _Interrupt(Callback):
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run(spot: Path, tmp_path) -> None:
     """Ctrl-C at step 2 of 5 leaves a complete checkpoint; --resume then ends on exactly the
     parameters of a run that was never interrupted (data order, optimiser, schedule)."""
-    cfg = _config(max_steps=5, checkpoint_every=10)
+    cfg = small_config(max_steps=5, checkpoint_every=10)
     straight = train([spot], tmp_path / "a", cfg, model_config=TINY, progress=False)
     with pytest.raises(KeyboardInterrupt):
         train(
@@ -184,7 +169,9 @@ def test_data_loader_workers_train_the_same_weights(spot: Path, tmp_path) -> Non
     """Two data-loading worker processes feed exactly the batches of the main process: the
     weights after 3 steps are bit-identical."""
     runs = [
-        train([spot], tmp_path / f"w{w}", _config(max_steps=3, workers=w), TINY, progress=False)
+        train(
+            [spot], tmp_path / f"w{w}", small_config(max_steps=3, workers=w), TINY, progress=False
+        )
         for w in (0, 2)
     ]
     a, b = (load_file(r.weights) for r in runs)
@@ -195,8 +182,8 @@ def test_fine_tune_from_a_checkpoint_with_a_frozen_encoder(spot: Path, tmp_path)
     """--init starts from the checkpoint's weights, in the attention mode they were trained
     with; --freeze-encoder keeps DINOv2 exactly as loaded while the rest of the stage trains."""
     ckpt = ROOT / "tests" / "fixtures" / "geolrm_tiny" / "geolrm_tiny_weights.safetensors"
-    cfg = _config(max_steps=2, init=str(ckpt), freeze_encoder=True)
-    assert cfg.attention_mode() == "official" and _config().attention_mode() == "standard"
+    cfg = small_config(max_steps=2, init=str(ckpt), freeze_encoder=True)
+    assert cfg.attention_mode() == "official" and small_config().attention_mode() == "standard"
     result = train([spot], tmp_path / "run", cfg, model_config=TINY, progress=False)
     start, end = load_file(ckpt), load_file(result.weights)
     assert start.keys() == end.keys()
@@ -222,11 +209,13 @@ def test_init_geolrm_without_downloaded_weights_is_one_line(spot: Path, tmp_path
 
 
 def test_run_folder_in_use_needs_resume(spot: Path, tmp_path) -> None:
-    train([spot], tmp_path / "run", _config(max_steps=1), model_config=TINY, progress=False)
+    train([spot], tmp_path / "run", small_config(max_steps=1), model_config=TINY, progress=False)
     from pipelines.errors import InputError
 
     with pytest.raises(InputError, match="--resume"):
-        train([spot], tmp_path / "run", _config(max_steps=1), model_config=TINY, progress=False)
+        train(
+            [spot], tmp_path / "run", small_config(max_steps=1), model_config=TINY, progress=False
+        )
 
 
 def _cli(

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 from scipy.spatial import cKDTree
-from spot_support import copy_spot as _copy_spot
+from train_support import copy_spot as _copy_spot
 
 from pipelines.cameras.images import load_views
 from pipelines.cameras.similarity import apply_similarity, decompose_similarity

@@ -21,6 +21,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
+from train_support import small_config
 
 from pipelines.cameras.dataparsers import parse_transforms
 from pipelines.cameras.images import WHITE, load_views, load_views_and_masks
@@ -31,7 +32,6 @@ from pipelines.cameras.similarity import (
 )
 from pipelines.errors import Note
 from pipelines.scene import is_identity, to_model_frame
-from pipelines.train.config import TrainConfig
 from pipelines.train.data import TrainDataset, ViewCounts, find_objects
 from pipelines.train.engine import VAL_SAMPLE_BASE, train
 
@@ -310,20 +310,6 @@ class _RecordValidation(Callback):
         self.batches.append({k: batch[k].clone() for k in ("target_c2ws", "sample_id")})
 
 
-def _config(max_steps: int = 2) -> TrainConfig:
-    return TrainConfig(
-        max_steps=max_steps,
-        size=S,
-        views_in=(1, 3),
-        views_out=2,
-        checkpoint_every=2,
-        val_every=1,
-        log_every=1,
-        lpips=False,
-        max_anchors=1024,
-    )
-
-
 def _val_psnr(run: Path) -> list[float]:
     with open(run / "logs" / "reconstruction" / "metrics.csv", newline="") as f:
         return [float(r["val/psnr"]) for r in csv.DictReader(f) if r.get("val/psnr")]
@@ -334,7 +320,7 @@ def test_train_validates_on_held_out_views(spot: Path, no_test: Path, tmp_path: 
     the validation key (test cameras), `val/psnr` is logged; with --val on an object without
     a held-out split, a note says its targets are training views."""
     rec = _RecordValidation()
-    cfg = _config()
+    cfg = small_config(max_steps=2, val_every=1)
     result = train(
         [spot], tmp_path / "run", cfg, model_config=TINY, progress=False, callbacks=[rec]
     )
@@ -354,7 +340,7 @@ def test_train_validates_on_held_out_views(spot: Path, no_test: Path, tmp_path: 
     result = train(
         [spot],
         tmp_path / "run2",
-        _config(max_steps=1),
+        small_config(max_steps=1, val_every=1),
         model_config=TINY,
         val=[no_test],
         progress=False,

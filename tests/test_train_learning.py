@@ -8,8 +8,8 @@ the result at the 12 held-out test cameras. The test PSNR must be clearly above 
 (all-white) render, which a model that learnt nothing but transparency reaches.
 
 It prints the curve (the logged training loss and PSNR, the validation PSNR) and the final
-numbers as JSON; run with ``pytest -m slow -s tests/test_train_learning.py``. About 15 minutes
-on a 2-core CPU.
+numbers as JSON; run with ``pytest -m slow -s tests/test_train_learning.py``. About 7 minutes
+on a quiet 2-core CPU (17 on a busy one).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from spot_support import copy_spot
+from train_support import copy_spot
 
 from pipelines.cameras.dataparsers import load_transforms
 from pipelines.evaluate import load_gt_images, psnr
