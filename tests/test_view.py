@@ -289,7 +289,8 @@ def test_viewer_in_browser(page, scene, tmp_path):  # noqa: F811
         assert object_mask(moved[200:280, 280:360], BG).mean() > 0.5
 
         page.get_by_role("button", name="Render PNG").click()
-        pngs = wait_for(lambda: sorted(tmp_path.glob("*.png")) or None, timeout=60)
+        # the finished file only (atomic writes stage into a hidden ".NAME.*.part.png" first)
+        pngs = wait_for(lambda: sorted(tmp_path.glob("[!.]*.png")) or None, timeout=60)
         from PIL import Image
 
         rendered = np.asarray(Image.open(pngs[0]).convert("RGB"))
