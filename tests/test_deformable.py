@@ -175,6 +175,16 @@ def test_cross_view_attention_matches_its_per_view_loop(cross_attention):
     assert max_diff(fused, query) > 0.1
 
 
+def test_inference_values_equal_the_training_path_bit_for_bit(cross_attention):
+    """Without autograd the values are projected in place (into a huge-page buffer when
+    large): the same kernel as nn.Linear, so the same bits as the training path."""
+    module, query, features, reference = cross_attention
+    with torch.no_grad():
+        inference = module(query, features, reference)
+    training = module(query, features, reference)
+    assert training.requires_grad and torch.equal(inference, training.detach())
+
+
 def test_cross_view_attention_gradients_match_the_reference(cross_attention):
     """Training: parameter, query and feature gradients of the fused module equal autograd
     through the per-view torch reference."""

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
+from pipelines import hugepages
 from pipelines.numba_jit import cached_njit
 
 
@@ -147,7 +148,7 @@ class SampleViews(torch.autograd.Function):
     def forward(ctx, value, spatial_shapes, reference, offsets, weights):
         B, V, L, Hc, C = value.shape
         args = _cpu_args(value, spatial_shapes, reference, offsets, weights)
-        out = value.new_empty(B, V, reference.shape[2], Hc * C)
+        out = hugepages.empty(B, V, reference.shape[2], Hc * C, dtype=value.dtype)
         _kernels(C)[0](*args, out.view(-1).numpy())
         ctx.spatial_shapes = spatial_shapes
         ctx.save_for_backward(value, reference, offsets, weights)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pipelines import hugepages
 from pipelines.errors import InputError
 from pipelines.geolrm.checkpoint import load_geolrm_state_dict
 from pipelines.geolrm.deformable import sample_views
@@ -850,8 +851,19 @@ class DeformableAttention(nn.Module):
         reference: torch.Tensor,
     ) -> torch.Tensor:
         """All views at once. feats [B, V, L, C], reference [B, V, S, 2] -> [B, V, S, D]."""
-        B, V, L, _ = feats.shape
-        value = self.value_proj(feats).view(B, V, L, self.heads, -1)
+        B, V, L, C = feats.shape
+        proj = self.value_proj
+        if (
+            feats.device.type == "cpu"
+            and feats.dtype == proj.weight.dtype == torch.float32
+            and (not torch.is_grad_enabled())
+        ):
+            # inference: the values (GBs per layer at 21 views) on huge pages, written in place
+            value = hugepages.empty(B * V * L, proj.out_features)
+            torch.addmm(proj.bias, feats.reshape(-1, C), proj.weight.t(), out=value)
+        else:
+            value = proj(feats)
+        value = value.view(B, V, L, self.heads, -1)
         return deformable_sample_views(value, spatial_shapes, reference, offsets, weights)
 
 
