@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -206,6 +207,17 @@ def test_init_geolrm_without_downloaded_weights_is_one_line(spot: Path, tmp_path
     assert r.returncode == 2, r.stderr
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "geolrm weights download geolrm" in lines[0], r.stderr
+
+
+def test_bf16_mixed_precision_trains_and_exports_fp32(spot: Path, tmp_path) -> None:
+    """--precision bf16-mixed (here on CPU): both stages step with finite losses and the
+    exported weights stay float32 (the master weights of mixed precision)."""
+    cfg = small_config(max_steps=2, stage="both", precision="bf16-mixed")
+    result = train([spot], tmp_path / "run", cfg, model_config=TINY, progress=False)
+    assert result.steps == {"proposal": 2, "reconstruction": 2}
+    assert all(math.isfinite(result.metrics[k]) for k in ("train/loss", "train/psnr"))
+    weights = load_file(result.weights)
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
 
 
 def test_run_folder_in_use_needs_resume(spot: Path, tmp_path) -> None:
