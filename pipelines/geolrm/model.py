@@ -856,7 +856,7 @@ class DeformableAttention(nn.Module):
         if (
             feats.device.type == "cpu"
             and feats.dtype == proj.weight.dtype == torch.float32
-            and (not torch.is_grad_enabled())
+            and not torch.is_grad_enabled()
         ):
             # inference: the values (GBs per layer at 21 views) on huge pages, written in place
             value = hugepages.empty(B * V * L, proj.out_features)
